@@ -1,0 +1,71 @@
+"""Per-pixel blur kernels: the reblur operator shared by the model, the data builders and the losses.
+
+Convention (used everywhere in this project): a kernel map has shape ``[B, m*m, H, W]``; entry
+``k[b, i*m + j, y, x]`` is the weight of the input pixel at offset ``(i - m//2, j - m//2)`` from
+``(y, x)``.  So ``out[y, x] = sum_ij k[i*m+j, y, x] * img[y + i - r, x + j - r]`` (a correlation,
+not a flipped convolution).  A kernel that is 1 at the centre index ``(m*m)//2`` is the identity.
+Borders are reflect-padded so a normalised kernel never darkens the image edge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def kernel_size_from_channels(num_channels: int) -> int:
+    """Return ``m`` for a kernel map with ``m*m`` channels, with a clear error otherwise."""
+    m = int(round(math.sqrt(num_channels)))
+    if m * m != num_channels or m % 2 == 0:
+        raise ValueError(
+            f"a per-pixel kernel map needs m*m channels with m odd (e.g. 25 for 5x5); got {num_channels} channels"
+        )
+    return m
+
+
+def identity_kernels(batch: int, kernel_size: int, height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+    """Kernel map that leaves an image unchanged (a delta at the centre of every pixel's kernel)."""
+    kernels = torch.zeros(batch, kernel_size * kernel_size, height, width, device=device, dtype=dtype)
+    kernels[:, (kernel_size * kernel_size) // 2] = 1.0
+    return kernels
+
+
+def apply_per_pixel_kernels(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Blur ``image`` ``[B, C, H, W]`` with its own kernel at every pixel, ``kernels`` ``[B, m*m, H, W]``.
+
+    Plain PyTorch (``F.unfold`` and an ``einsum``), differentiable in both arguments, any float dtype.
+
+    Example:
+        >>> img = torch.rand(1, 3, 32, 32)
+        >>> k = identity_kernels(1, 5, 32, 32)
+        >>> torch.allclose(apply_per_pixel_kernels(img, k), img)
+        True
+    """
+    if image.ndim != 4 or kernels.ndim != 4:
+        raise ValueError(
+            f"expected image [B, C, H, W] and kernels [B, m*m, H, W]; got {tuple(image.shape)} and {tuple(kernels.shape)}"
+        )
+    b, c, h, w = image.shape
+    if kernels.shape[0] != b or kernels.shape[-2:] != (h, w):
+        raise ValueError(
+            f"kernels {tuple(kernels.shape)} do not match image {tuple(image.shape)}: batch and H, W must agree"
+        )
+    m = kernel_size_from_channels(kernels.shape[1])
+    r = m // 2
+    pad_mode = "reflect" if (h > r and w > r) else "replicate"
+    padded = F.pad(image, (r, r, r, r), mode=pad_mode)
+    patches = F.unfold(padded, kernel_size=m)  # [B, C*m*m, H*W], channel-major then (i, j)
+    patches = patches.view(b, c, m * m, h, w)
+    return torch.einsum("bckhw,bkhw->bchw", patches, kernels.to(patches.dtype))
+
+
+def global_kernel_to_map(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Broadcast one ``[m, m]`` (or ``[B, m, m]``) kernel to a per-pixel map ``[B, m*m, H, W]``."""
+    if kernel.ndim == 2:
+        kernel = kernel[None]
+    b, m, m2 = kernel.shape
+    if m != m2:
+        raise ValueError(f"a kernel must be square; got {m}x{m2}")
+    return kernel.reshape(b, m * m, 1, 1).expand(b, m * m, height, width).contiguous()
