@@ -1,0 +1,46 @@
+"""The ``fidediff`` command line: ``fidediff deblur``, ``fidediff data``, ``fidediff eval``, ...
+
+Each sub-command lives in ``fidediff_pipeline/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed args; returns an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order is the order of ``fidediff --help``.
+COMMAND_MODULES = [
+    "fidediff_pipeline.commands.deblur",
+]
+
+
+class CLIError(Exception):
+    """An error the command line reports as one readable line (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fidediff", description="FideDiff one-step motion deblurring")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"fidediff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

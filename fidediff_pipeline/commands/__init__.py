@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fidediff`` command line; each module exposes ``register(subparsers)``."""
