@@ -99,7 +99,7 @@ def register(subparsers) -> None:
     )  # fmt: skip
     gopro.add_argument(
         "--offset", type=int, default=None,
-        help="position of the first sharp centre in each sequence (default: max(--frames) // 2)",
+        help="first sharp centre = lowest frame number + offset (default: max(--frames) // 2)",
     )  # fmt: skip
     gopro.add_argument("--scenes", nargs="+", default=None, help="only these scenes (names as found under the root)")
     gopro.set_defaults(func=run_gopro)

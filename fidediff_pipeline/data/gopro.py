@@ -16,8 +16,8 @@ Camera response (``crf``): ``"gamma2.2"`` (default) averages ``(img/255) ** 2.2`
 not on gamma-encoded values; ``"linear"`` averages the 8-bit values directly, as GoPro's ``blur`` folder
 (the one most papers test on) did.  See :mod:`fidediff_pipeline.data.camera_response`.
 
-Which frames are sharp centres: positions ``offset, offset + stride, ...`` in each scene's sorted frame
-list.  ``stride`` defaults to 12 (a 240 fps video gives 20 sharp frames per second; with 11-frame blur,
+Which frames are sharp centres: frame numbers ``first + offset, first + offset + stride, ...`` of each
+scene (``first`` = its lowest frame number; a centre whose own frame is missing is skipped).  ``stride`` defaults to 12 (a 240 fps video gives 20 sharp frames per second; with 11-frame blur,
 neighbouring sharp frames share almost no frames, so near-duplicate pairs are avoided).  ``offset``
 defaults to ``max(frames) // 2`` so the first centre can carry the longest window.
 
@@ -126,8 +126,14 @@ def plan_gopro_centres(
     by_number = dict(frames)
     max_half = max(levels) // 2
     plans = []
-    for pos in range(offset, len(frames), stride):
-        number, path = frames[pos]
+    if not frames:
+        return plans
+    # Centres are regular in time (frame numbers), so a gap in the numbering does not shift later centres.
+    first, last = frames[0][0], frames[-1][0]
+    for number in range(first + offset, last + 1, stride):
+        if number not in by_number:
+            continue  # the sharp frame itself is missing
+        path = by_number[number]
         # Largest half-width whose whole window exists: windows are nested, so one missing frame at
         # distance d removes every level with half-width >= d.
         half = 0
@@ -211,7 +217,7 @@ def build_gopro_trajectory_set(
         out_dir: output folder (created; resumable).
         frames: odd numbers of frames to average (blur levels), at least ``min_levels`` of them.
         stride: take every ``stride``-th frame of a sequence as a sharp centre.
-        offset: position of the first centre in each sequence (default ``max(frames) // 2``).
+        offset: first centre = lowest frame number + ``offset`` (default ``max(frames) // 2``).
         crf: ``"gamma2.2"`` or ``"linear"`` (see the module docstring).
         min_levels: skip sharp frames that keep fewer levels after the border rule.
         scenes: only these scene names (default: all found).
