@@ -24,6 +24,7 @@ from .modeling_kernel_controlnet import KernelControlNetModel
 from .modeling_prompt_embedding import FideDiffPromptEmbedding
 from .remote_code import write_remote_code
 from .tiling import gaussian_weights, iterate_tiles
+from .training_utils import predict_original_latents, resize_from_vae, upsample_for_vae
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ class FideDiffPipeline(DiffusionPipeline):
         else:
             t, source = DEFAULT_TIMESTEP, "default"
 
-        x_up = F.interpolate(x, scale_factor=upscale, mode="bicubic", align_corners=False).clamp(-1, 1) if upscale > 1 else x
+        x_up = upsample_for_vae(x, upscale)
         with self._vae_tiling(use_tiling):
             z_t = self.vae.encode(x_up).latent_dist.mode() * self.vae.config.scaling_factor
         encoder_hidden_states = self.prompt_embedding(batch_size=1).to(device=device, dtype=dtype)
@@ -387,12 +388,10 @@ class FideDiffPipeline(DiffusionPipeline):
         else:
             eps = self._predict_noise(z_t, t_tensor, encoder_hidden_states, kernels, conditioning_scale)
 
-        alpha = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)[t]
-        z0 = (z_t.float() - (1 - alpha).sqrt() * eps.float()) / alpha.sqrt()
+        z0 = predict_original_latents(z_t, eps, self.scheduler.alphas_cumprod, t)
         with self._vae_tiling(use_tiling):
             decoded = self.vae.decode((z0 / self.vae.config.scaling_factor).to(dtype)).sample
-        if upscale > 1:
-            decoded = F.interpolate(decoded.float(), size=x.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
+        decoded = resize_from_vae(decoded, tuple(x.shape[-2:]), upscale)
         restored = ((decoded.float()[0, :, :height, :width] + 1.0) / 2.0).clamp(0, 1).cpu()
         kernels_np = None
         if return_kernels and kernels is not None:

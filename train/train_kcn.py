@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Stage 3 of FideDiff (paper Sec. 4.2, 4.3 eq. 13): train the Kernel ControlNet {F, C, M, T}, base frozen.
+
+Loss ``L1 + lambda1 * EA-LPIPS + lambda3 * reblur + lambda4 * L_time``, where ``L_time`` is the L2 between the
+t-regressor's output and the true ``t`` (both / 1000). The UNet, the VAE and the learned embedding are frozen;
+the UNet sees the ground-truth ``t`` (as in stage 1), the t-regressor learns to predict it for inference.
+
+    accelerate launch train/train_kcn.py --init_from runs/kernel/pipeline \
+        --train_manifest data/gopro_enlarged/manifest.csv --validation_manifest data/gopro_test/manifest.csv \
+        --output_dir runs/kcn --resolution 512 --upscale_factor 2
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from train import common  # noqa: E402
+from train.train_kernel import add_reblur_args  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.build_parser(__doc__.splitlines()[1])
+    common.add_perceptual_args(parser)
+    add_reblur_args(parser)
+    g = parser.add_argument_group("stage 3")
+    g.add_argument("--reblur_weight", type=float, default=1.0, help="lambda3")
+    g.add_argument("--time_weight", type=float, default=1.0, help="lambda4 (L2 on t/1000)")
+    g.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (when --init_from has none)")
+    args = parser.parse_args(argv)
+    if not args.init_from:
+        parser.error("--init_from <stage-2 (or stage-1) pipeline folder> is required")
+    if args.reblur_weight < 0 or args.time_weight < 0:
+        parser.error("--reblur_weight and --time_weight must be >= 0")
+    return args
+
+
+class KCNStageModel(nn.Module):
+    """The Kernel ControlNet (trainable) around the frozen base model; ``forward(batch)`` returns eq. 13's terms."""
+
+    def __init__(self, kernel_controlnet, unet, prompt_embedding, vae, alphas_cumprod, args, ea_loss):
+        super().__init__()
+        self.kernel_controlnet = kernel_controlnet
+        self.__dict__["_frozen"] = {"unet": unet, "prompt_embedding": prompt_embedding, "vae": vae, "ea": ea_loss}
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
+        self.args = args
+
+    def forward(self, batch: dict) -> dict:
+        from fidediff_pipeline.losses import reblur_loss, time_regression_loss
+        from fidediff_pipeline.training_utils import encode_latents, restore
+
+        fz, args = self._frozen, self.args
+        device = self.alphas_cumprod.device
+        vae_dtype = next(fz["vae"].parameters()).dtype
+        x = common.to_model_range(batch["blurry"]).to(device, vae_dtype)
+        target = common.to_model_range(batch["sharp"]).to(device)
+        timesteps = batch["timesteps"].to(device)
+        with torch.no_grad():
+            z_t = encode_latents(fz["vae"], x, args.upscale_factor)
+            context = fz["prompt_embedding"](batch_size=x.shape[0]).to(z_t.dtype)
+        out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, timesteps, args.upscale_factor,
+                      kernel_controlnet=self.kernel_controlnet, z_t=z_t)
+        restored = out.image.float()
+        l1 = F.l1_loss(restored, target)
+        ea, logs = common.ea_lpips_terms(fz["ea"], restored, target, args)
+        reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), out.kernels, args.reblur_space)
+        t_loss = time_regression_loss(out.predicted_timestep, timesteps)
+        loss = l1 + ea + args.reblur_weight * reblur + args.time_weight * t_loss
+        t_mae = (out.predicted_timestep.detach().float() - timesteps.float()).abs().mean()
+        return {"loss": loss, "l1": l1.detach(), "reblur": reblur.detach(), "time": t_loss.detach(), "t_mae": t_mae, **logs}
+
+
+class KCNStage(common.Stage):
+    name = "kcn"
+    validation_timestep = "auto"
+
+    def __init__(self, args, accelerator):
+        self.args, self.accelerator = args, accelerator
+        self.pipe = pipe = common.load_pipeline(args, with_kernel_controlnet=True)
+        common.validate_common_args(args, pipe.vae_scale_factor)
+        self.kernel_size = pipe.kernel_controlnet.config.kernel_size
+        if args.synth_kernel_size and args.synth_kernel_size != self.kernel_size:
+            raise SystemExit(f"error: --synth_kernel_size {args.synth_kernel_size} != the model's kernel size {self.kernel_size}")
+        ea_loss = common.build_ea_loss(args, accelerator.device)
+        common.freeze(pipe.vae, pipe.unet, pipe.prompt_embedding)
+        pipe.kernel_controlnet.requires_grad_(True).train()
+        if args.gradient_checkpointing:
+            pipe.kernel_controlnet.enable_gradient_checkpointing()
+            pipe.unet.enable_gradient_checkpointing()
+        self.model = KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
+                                   pipe.scheduler.alphas_cumprod, args, ea_loss)
+        self.frozen = (pipe.vae, pipe.unet, pipe.prompt_embedding)
+
+    def validation_pipeline(self):
+        self.pipe.register_modules(kernel_controlnet=common.unwrap(self.accelerator, self.model).kernel_controlnet)
+        return self.pipe
+
+    def export(self, export_dir):
+        pipe = self.validation_pipeline()
+        pipe.kernel_controlnet.eval()
+        common.save_pipeline(pipe, export_dir)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = common.make_accelerator(args)
+    common.setup_logging(accelerator)
+    return common.run_training(args, accelerator, KCNStage(args, accelerator))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Stage 2 of FideDiff (paper Sec. 4.3 eq. 12): pretrain the kernel estimator M of the Kernel ControlNet alone.
+
+Reblur loss ``L1(M(I_LQ) (*) I_HQ, I_LQ)``: every pixel's predicted ``m x m`` kernel applied to the sharp image
+(`fidediff_pipeline.kernel_ops.apply_per_pixel_kernels`) must reproduce the blurry one. Everything else is frozen
+and untouched; the Kernel ControlNet is created from the UNet (``--preset`` sizes, ``--kernel_size``) if the
+starting pipeline has none.
+
+    accelerate launch train/train_kernel.py --init_from runs/base/pipeline --preset sd21-base --kernel_size 19 \
+        --train_manifest data/gopro_enlarged/manifest.csv --output_dir runs/kernel --resolution 256
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from train import common  # noqa: E402
+
+
+def add_reblur_args(parser) -> None:
+    g = parser.add_argument_group("reblur")
+    g.add_argument("--reblur_space", type=str, default="linear", choices=["linear", "srgb"],
+                   help="linear: reblur in linear light (gamma 2.2, how the project's data are made); srgb: the paper's plain formula")
+
+
+def parse_args(argv=None):
+    parser = common.build_parser(__doc__.splitlines()[1])
+    parser.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (odd; default: preset's)")
+    add_reblur_args(parser)
+    parser.set_defaults(learning_rate=1e-4, levels_per_group=3)
+    args = parser.parse_args(argv)
+    if not args.init_from:
+        parser.error("--init_from <stage-1 pipeline folder> is required")
+    if args.kernel_size is not None and (args.kernel_size < 1 or args.kernel_size % 2 == 0):
+        parser.error(f"--kernel_size must be odd and >= 1; got {args.kernel_size}")
+    return args
+
+
+class KernelStageModel(nn.Module):
+    """M alone: ``forward(batch)`` returns the reblur loss."""
+
+    def __init__(self, kernel_estimator, reblur_space: str):
+        super().__init__()
+        self.kernel_estimator = kernel_estimator
+        self.reblur_space = reblur_space
+
+    def forward(self, batch: dict) -> dict:
+        from fidediff_pipeline.losses import reblur_loss
+
+        device = next(self.kernel_estimator.parameters()).device
+        blurry, sharp = batch["blurry"].to(device), batch["sharp"].to(device)
+        kernels = self.kernel_estimator(common.to_model_range(blurry))
+        loss = reblur_loss(sharp, blurry, kernels, self.reblur_space)
+        return {"loss": loss, "reblur": loss.detach()}
+
+
+class KernelStage(common.Stage):
+    name = "kernel"
+
+    def __init__(self, args, accelerator):
+        self.args, self.accelerator = args, accelerator
+        self.pipe = common.load_pipeline(args, with_kernel_controlnet=True)
+        common.validate_common_args(args, self.pipe.vae_scale_factor)
+        kcn = self.pipe.kernel_controlnet
+        self.kernel_size = kcn.config.kernel_size
+        if args.synth_kernel_size and args.synth_kernel_size != self.kernel_size:
+            raise SystemExit(f"error: --synth_kernel_size {args.synth_kernel_size} != the model's kernel size {self.kernel_size}")
+        common.freeze(self.pipe.vae, self.pipe.unet, self.pipe.prompt_embedding, kcn)
+        kcn.kernel_estimator.requires_grad_(True).train()
+        self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space)
+
+    def export(self, export_dir):
+        model = common.unwrap(self.accelerator, self.model)
+        self.pipe.kernel_controlnet.kernel_estimator = model.kernel_estimator
+        common.save_pipeline(self.pipe, export_dir)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = common.make_accelerator(args)
+    common.setup_logging(accelerator)
+    return common.run_training(args, accelerator, KernelStage(args, accelerator))
+
+
+if __name__ == "__main__":
+    main()
