@@ -443,7 +443,10 @@ def make_accelerator(args):
     from accelerate.utils import ProjectConfiguration
 
     project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir))
+    from accelerate.utils import set_seed
+
     report_to = None if args.report_to in (None, "none") else args.report_to
+    set_seed(args.seed)  # model initialisation and any torch randomness (e.g. the VAE's posterior samples)
     return Accelerator(mixed_precision=args.mixed_precision, log_with=report_to, project_config=project)
 
 
@@ -514,7 +517,8 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     pairs = validation_pairs(args, limit=max(args.num_validation_images, 8)) if accelerator.is_main_process else []
     logger.info("stage %s: %d trainable parameters, %d processes, %d steps (batch %d groups x %d levels, accumulation %d)",
                 stage.name, sum(p.numel() for p in params), accelerator.num_processes, args.max_train_steps,
-                args.train_batch_size, args.levels_per_group if stage.consistency else 1, ga)
+                args.train_batch_size if stage.consistency else args.train_batch_size * args.levels_per_group,
+                args.levels_per_group if stage.consistency else 1, ga)
 
     logs: dict = {}
     start_time, last_print = time.time(), time.time()

@@ -33,6 +33,9 @@ def parse_args(argv=None):
     parser = common.build_parser(__doc__.splitlines()[1])
     parser.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (odd; default: preset's)")
     add_reblur_args(parser)
+    parser.add_argument("--time_weight", type=float, default=0.0,
+                        help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
+                             "M's training is unchanged); 0 = M alone, as in the paper")
     parser.set_defaults(learning_rate=1e-4, levels_per_group=3)
     args = parser.parse_args(argv)
     if not args.init_from:
@@ -45,10 +48,11 @@ def parse_args(argv=None):
 class KernelStageModel(nn.Module):
     """M alone: ``forward(batch)`` returns the reblur loss."""
 
-    def __init__(self, kernel_estimator, reblur_space: str):
+    def __init__(self, kernel_estimator, reblur_space: str, timestep_regressor=None, time_weight: float = 0.0):
         super().__init__()
         self.kernel_estimator = kernel_estimator
-        self.reblur_space = reblur_space
+        self.timestep_regressor = timestep_regressor if time_weight > 0 else None
+        self.reblur_space, self.time_weight = reblur_space, time_weight
 
     def forward(self, batch: dict) -> dict:
         from fidediff_pipeline.losses import reblur_loss
@@ -56,8 +60,18 @@ class KernelStageModel(nn.Module):
         device = next(self.kernel_estimator.parameters()).device
         blurry, sharp = batch["blurry"].to(device), batch["sharp"].to(device)
         kernels = self.kernel_estimator(common.to_model_range(blurry))
-        loss = reblur_loss(sharp, blurry, kernels, self.reblur_space)
-        return {"loss": loss, "reblur": loss.detach()}
+        reblur = reblur_loss(sharp, blurry, kernels, self.reblur_space)
+        logs = {"reblur": reblur.detach()}
+        loss = reblur
+        if self.timestep_regressor is not None:
+            from fidediff_pipeline.losses import time_regression_loss
+
+            timesteps = batch["timesteps"].to(device)
+            predicted = self.timestep_regressor(kernels.detach())
+            t_loss = time_regression_loss(predicted, timesteps)
+            loss = loss + self.time_weight * t_loss
+            logs.update(time=t_loss.detach(), t_mae=(predicted.detach() - timesteps.float()).abs().mean())
+        return {"loss": loss, **logs}
 
 
 class KernelStage(common.Stage):
@@ -73,11 +87,15 @@ class KernelStage(common.Stage):
             raise SystemExit(f"error: --synth_kernel_size {args.synth_kernel_size} != the model's kernel size {self.kernel_size}")
         common.freeze(self.pipe.vae, self.pipe.unet, self.pipe.prompt_embedding, kcn)
         kcn.kernel_estimator.requires_grad_(True).train()
-        self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space)
+        if args.time_weight > 0:
+            kcn.timestep_regressor.requires_grad_(True).train()
+        self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight)
 
     def export(self, export_dir):
         model = common.unwrap(self.accelerator, self.model)
         self.pipe.kernel_controlnet.kernel_estimator = model.kernel_estimator
+        if model.timestep_regressor is not None:
+            self.pipe.kernel_controlnet.timestep_regressor = model.timestep_regressor
         common.save_pipeline(self.pipe, export_dir)
 
 
