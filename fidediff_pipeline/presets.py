@@ -66,8 +66,9 @@ def tiny_unet_config() -> dict:
     """A small UNet of the same class and block types, trainable on a 2-core CPU."""
     return dict(
         sample_size=32,
-        in_channels=4,
-        out_channels=4,
+        # 8 latent channels to match the tiny VAE (SD's 4 at a factor-4 VAE kept too little detail to deblur).
+        in_channels=8,
+        out_channels=8,
         layers_per_block=1,
         block_out_channels=(32, 64, 96),
         # No attention at the full latent resolution (4096 tokens for a 256 px image): it dominated CPU time;
@@ -77,7 +78,8 @@ def tiny_unet_config() -> dict:
         cross_attention_dim=64,
         attention_head_dim=8,
         use_linear_projection=True,
-        norm_num_groups=8,
+        # 32 groups (1-3 channels each): trained from scratch, this converged much faster than 8 groups.
+        norm_num_groups=32,
     )
 
 
@@ -91,8 +93,11 @@ def tiny_vae_config() -> dict:
         # Narrow at full resolution: the decoder's last upsampler and block run on every pixel.
         block_out_channels=(32, 32, 64),
         layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
+        # 8 channels at factor 4 (6x compression; SD: 4 channels at factor 8, 48x): the tiny VAE must keep
+        # enough detail for a deblurred output to beat its blurry input in PSNR.
+        latent_channels=8,
+        # 32 groups: from scratch this reached ~25 dB in 150 steps where 8 groups reached ~22 dB.
+        norm_num_groups=32,
         sample_size=256,
         scaling_factor=1.0,
         # The mid-block self-attention over every latent (4096 tokens at 256 px) cost more than the rest of the

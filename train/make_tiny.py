@@ -51,7 +51,7 @@ SHORT_SIDE = 256
 UPSCALE = 1
 
 # Steps per stage at --steps_scale 1 (sized for ~40 min on this 2-core machine, see docs/tiny_results.md).
-STEPS = {"vae": 500, "base": 1200, "kernel": 300, "kcn": 500}
+STEPS = {"vae": 1500, "base": 1200, "kernel": 300, "kcn": 500}
 
 
 def load_photo(name: str) -> np.ndarray:
