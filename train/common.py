@@ -521,6 +521,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
                 args.levels_per_group if stage.consistency else 1, ga)
 
     logs: dict = {}
+    history: list[float] = []  # the total loss of every step (train_summary.json; used by the tests)
     start_time, last_print = time.time(), time.time()
     while global_step < args.max_train_steps:
         model.train()
@@ -559,6 +560,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
             d_optimizer.zero_grad(set_to_none=True)
 
         global_step += 1
+        history.append(step_logs["loss"])
         step_logs["lr"] = scheduler.get_last_lr()[0]
         logs = step_logs
         accelerator.log(step_logs, step=global_step)
@@ -587,10 +589,14 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
                             " ".join(f"{k}={v:.3f}" for k, v in val.items()))
 
     accelerator.wait_for_everyone()
+    # Every process records a hash of its trained weights: DDP replicas must end identical.
+    digest = weights_digest(accelerator.unwrap_model(model))
+    Path(args.output_dir, f"weights_digest_rank{accelerator.process_index}.txt").write_text(digest + "\n")
     if accelerator.is_main_process:
         export_dir = args.export_dir or os.path.join(args.output_dir, "pipeline")
         stage.export(export_dir)
-        summary = {"stage": stage.name, "steps": global_step, "seconds": round(time.time() - start_time, 1), **logs}
+        summary = {"stage": stage.name, "steps": global_step, "seconds": round(time.time() - start_time, 1), **logs,
+                   "loss_history": history}
         Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info("exported %s pipeline to %s", stage.name, export_dir)
     accelerator.end_training()

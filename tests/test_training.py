@@ -1,0 +1,258 @@
+"""Training scripts (train/): every stage runs and exports a loadable pipeline, losses fall, resume is exact,
+2-process DDP ends with identical replicas, consistency batches hold several levels of one trajectory.
+
+CPU, tiny preset, 32-48 px crops, a few steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fidediff_pipeline import FideDiffPipeline  # noqa: E402
+from train import common, train_base, train_kcn, train_kernel, train_vae  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _photo(name: str, size: int) -> np.ndarray:
+    import skimage.data
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(getattr(skimage.data, name)()).resize((size, size), Image.Resampling.LANCZOS))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two 64 px training photos, a held-out 48 px validation set (n = 7, 11, 15) and a one-photo manifest."""
+    from PIL import Image
+
+    from fidediff_pipeline.data import synthesize_trajectory_set
+
+    root = tmp_path_factory.mktemp("data")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "rocket"):
+        Image.fromarray(_photo(name, 64)).save(photos / f"{name}.png")
+    val = synthesize_trajectory_set([_photo("coffee", 48)], root / "val", frames=(7, 11, 15), seed=0, kernel_size=11)
+    one = synthesize_trajectory_set([_photo("astronaut", 32)], root / "one", frames=(7, 11, 15), seed=0, kernel_size=11)
+    return {"photos": str(photos), "val": str(val.manifest_path), "one": str(one.manifest_path), "root": root}
+
+
+def _flags(data, out, steps=2, **extra):
+    argv = ["--train_images", data["photos"], "--validation_manifest", data["val"], "--frames", "7", "11", "15",
+            "--synth_kernel_size", "11", "--upscale_factor", "1", "--resolution", "32", "--train_batch_size", "2",
+            "--levels_per_group", "2", "--max_train_steps", str(steps), "--checkpointing_steps", str(steps),
+            "--validation_steps", str(steps), "--validation_crop", "32", "--num_validation_images", "2",
+            "--report_to", "none", "--output_dir", str(out), "--log_every", "1"]
+    for key, value in extra.items():
+        flag = f"--{key}"
+        if flag in argv:
+            i = argv.index(flag)
+            del argv[i: i + 2]
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def _summary(out) -> dict:
+    return json.loads(Path(out, "train_summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stage_outputs(data, tmp_path_factory):
+    """Run all four stages, 2 steps each, chained through their exported pipelines."""
+    root = tmp_path_factory.mktemp("stages")
+    train_vae.main(["--preset", "tiny", *_flags(data, root / "vae")])
+    train_base.main(["--init_from", str(root / "vae" / "pipeline"), *_flags(data, root / "base"),
+                     "--lora_rank", "4", "--lpips_weight", "0", "--gan_weight", "0.1"])
+    train_kernel.main(["--init_from", str(root / "base" / "pipeline"), "--preset", "tiny", "--kernel_size", "11",
+                       *_flags(data, root / "kernel"), "--time_weight", "1"])
+    train_kcn.main(["--init_from", str(root / "kernel" / "pipeline"), *_flags(data, root / "kcn"), "--lpips_weight", "0"])
+    return root
+
+
+@pytest.mark.parametrize("stage", ["vae", "base", "kernel", "kcn"])
+def test_each_stage_exports_a_loadable_pipeline(stage_outputs, stage):
+    folder = stage_outputs / stage / "pipeline"
+    pipe = FideDiffPipeline.from_pretrained(folder)
+    assert (pipe.kernel_controlnet is not None) == (stage in ("kernel", "kcn"))
+    assert not list(folder.rglob("*.bin")), "weights must be safetensors only"
+    out = pipe(np.random.rand(32, 32, 3).astype(np.float32), timestep=200, upscale_factor=1, output_type="np")
+    assert out.images.shape == (1, 32, 32, 3) and np.isfinite(out.images).all()
+    summary = _summary(stage_outputs / stage)
+    assert summary["steps"] == 2 and all(np.isfinite(summary["loss_history"]))
+    assert list((stage_outputs / stage).glob("checkpoint-2")), "accelerate checkpoint missing"
+
+
+def test_kcn_stage_logs_its_loss_terms(stage_outputs):
+    summary = _summary(stage_outputs / "kcn")
+    for key in ("l1", "reblur", "time", "t_mae", "val/psnr_output"):
+        assert key in summary
+
+
+def test_lora_is_fused_on_export_and_reloads_identically(data, tmp_path):
+    """The exported (fused, unloaded) UNet gives the trained LoRA model's output, not the base model's."""
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    args = train_base.parse_args(["--preset", "tiny", *_flags(data, tmp_path, steps=3), "--lora_rank", "4",
+                                  "--lora_target", "attention", "--learning_rate", "3e-2", "--lpips_weight", "0",
+                                  "--gan_weight", "0", "--validation_steps", "100"])
+    accelerator = common.make_accelerator(args)
+    stage = train_base.BaseStage(args, accelerator)
+    before_training = stage.validation_pipeline()(image, timestep=200, upscale_factor=1, output_type="np").images
+    captured = {}
+    original_export = stage.export
+
+    def export(folder):
+        captured["trained"] = stage.validation_pipeline()(image, timestep=200, upscale_factor=1, output_type="np").images
+        original_export(folder)
+
+    stage.export = export
+    common.run_training(args, accelerator, stage)
+    reloaded = FideDiffPipeline.from_pretrained(tmp_path / "pipeline")
+    assert not any("lora" in name for name in reloaded.unet.state_dict()), "LoRA keys left in the exported UNet"
+    after = reloaded(image, timestep=200, upscale_factor=1, output_type="np").images
+    assert np.abs(captured["trained"] - before_training).max() > 1e-4, "LoRA training changed nothing"
+    np.testing.assert_allclose(after, captured["trained"], atol=2e-5)
+
+
+def test_loss_falls_when_overfitting_a_few_crops(data, tmp_path):
+    argv = _flags(data, tmp_path, steps=40, learning_rate="2e-3", lr_scheduler="constant")
+    i = argv.index("--train_images")
+    argv[i: i + 2] = ["--train_manifest", data["one"]]
+    train_base.main(["--preset", "tiny", *argv, "--lora_rank", "0", "--lpips_weight", "0", "--edge_weight", "0",
+                     "--gan_weight", "0", "--train_batch_size", "1", "--levels_per_group", "3"])
+    history = _summary(tmp_path)["loss_history"]
+    assert np.mean(history[-5:]) < 0.6 * np.mean(history[:5]), history
+
+
+def _unet_and_embedding(folder) -> dict:
+    pipe = FideDiffPipeline.from_pretrained(folder)
+    state = {f"unet.{k}": v for k, v in pipe.unet.state_dict().items()}
+    state.update({f"emb.{k}": v for k, v in pipe.prompt_embedding.state_dict().items()})
+    return state
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    """2 steps, stop, resume to 4 == 4 steps in one go (optimizer, LR schedule, GAN, RNG and data order)."""
+    common_args = ["--preset", "tiny", "--lora_rank", "0", "--lpips_weight", "0", "--gan_weight", "0.1",
+                   "--lr_scheduler", "cosine", "--lr_warmup_steps", "1", "--learning_rate", "1e-3"]
+    straight = tmp_path / "straight"
+    train_base.main([*common_args, *_flags(data, straight, steps=4, checkpointing_steps=2, validation_steps=100)])
+    resumed = tmp_path / "resumed"
+    train_base.main([*common_args, *_flags(data, resumed, steps=2, validation_steps=100)])
+    train_base.main([*common_args, *_flags(data, resumed, steps=4, checkpointing_steps=2, validation_steps=100),
+                     "--resume_from_checkpoint", "latest"])
+    a, b = _unet_and_embedding(straight / "pipeline"), _unet_and_embedding(resumed / "pipeline")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_ddp_two_processes_end_with_identical_weights(data, tmp_path):
+    """Real multi-process training: accelerate launch --cpu --num_processes 2 (gloo), stage 1."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train" / "train_base.py"),
+           "--preset", "tiny", *_flags(data, out, steps=2, validation_steps=100), "--lora_rank", "0",
+           "--lpips_weight", "0", "--gan_weight", "0.1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [Path(out, f"weights_digest_rank{r}.txt").read_text().strip() for r in (0, 1)]
+    assert digests[0] == digests[1], "DDP replicas diverged"
+    assert "2 processes" in result.stderr + result.stdout
+    assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def test_consistency_batches_hold_several_levels_of_one_trajectory(data, tmp_path):
+    args = train_base.parse_args(["--preset", "tiny", *_flags(data, tmp_path), "--levels_per_group", "3",
+                                  "--train_batch_size", "2"])
+    accelerator = common.make_accelerator(args)
+    batch = next(iter(common.build_train_loader(args, accelerator, start_micro_batch=0, consistency=True)))
+    assert batch["blurry"].shape[0] == 6
+    for g in range(2):
+        members = batch["group_index"] == g
+        assert int(members.sum()) == 3
+        assert len(set(batch["timesteps"][members].tolist())) == 3, "levels of a group must differ"
+        sharp = batch["sharp"][members]
+        assert torch.equal(sharp[0], sharp[1]) and torch.equal(sharp[0], sharp[2]), "one target per group"
+    # "w/o CT": as many samples, each from its own trajectory, all at t = 200
+    flat = next(iter(common.build_train_loader(args, accelerator, start_micro_batch=0, consistency=False)))
+    assert flat["blurry"].shape[0] == 6 and len(set(flat["group_index"].tolist())) == 6
+    assert set(flat["timesteps"].tolist()) == {200}
+
+
+def test_data_order_is_a_function_of_the_step(data, tmp_path):
+    args = train_base.parse_args(["--preset", "tiny", *_flags(data, tmp_path)])
+    accelerator = common.make_accelerator(args)
+    loader = iter(common.build_train_loader(args, accelerator, start_micro_batch=0))
+    next(loader)
+    second = next(loader)
+    again = next(iter(common.build_train_loader(args, accelerator, start_micro_batch=1)))
+    assert torch.equal(second["blurry"], again["blurry"])
+
+
+def test_training_restore_matches_the_pipeline():
+    """The training forward (training_utils.restore) is the pipeline's maths."""
+    from fidediff_pipeline.presets import build_pipeline
+    from fidediff_pipeline.training_utils import restore
+
+    pipe = build_pipeline("tiny", seed=0)
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = pipe(image, timestep=160, upscale_factor=2, output_type="pt", tiling=False).images
+        out = restore(pipe.vae, pipe.unet, pipe.scheduler.alphas_cumprod, pipe.prompt_embedding(1), image * 2 - 1,
+                      torch.tensor([160]), upscale_factor=2, kernel_controlnet=pipe.kernel_controlnet)
+    torch.testing.assert_close(((out.image + 1) / 2).clamp(0, 1), ref.reshape(out.image.shape), rtol=0, atol=1e-6)
+
+
+def test_nan_guard_stops_with_a_clear_message():
+    with pytest.raises(common.NonFiniteLossError, match="non-finite loss at step 7"):
+        common.check_finite({"loss": torch.tensor(float("nan")), "l1": torch.tensor(0.1)}, 7)
+    common.check_finite({"loss": torch.tensor(1.0)}, 1)
+
+
+def test_missing_lpips_backbone_stops_before_training(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="vgg16-397923af.pth"):
+        train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "run"), "--lpips_weight", "1"])
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_ea_lpips_with_random_backbone_for_tests_only():
+    from fidediff_pipeline.losses import EALPIPSLoss, sobel_edges
+
+    loss = EALPIPSLoss(net="vgg", edge_weight=1.0, random_backbone=True)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert float(loss(x, x)) < 1e-3
+    assert float(loss(x, x.flip(-1))) > 0
+    flat = torch.zeros(1, 3, 8, 8)
+    assert float(sobel_edges(flat).max()) < 1e-2
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--resolution", "30"], "multiple of 4"),
+    (["--upscale_factor", "3"], "must divide"),
+    (["--frames", "7", "8"], "odd"),
+])
+def test_bad_flags_fail_clearly(data, tmp_path, bad, message):
+    argv = _flags(data, tmp_path)
+    flag = bad[0]
+    j = argv.index(flag)
+    k = j + 1
+    while k < len(argv) and not argv[k].startswith("--"):
+        k += 1
+    argv[j:k] = bad
+    with pytest.raises(SystemExit, match=message):
+        train_base.main(["--preset", "tiny", *argv, "--lpips_weight", "0"])
