@@ -24,7 +24,7 @@ from .modeling_kernel_controlnet import KernelControlNetModel
 from .modeling_prompt_embedding import FideDiffPromptEmbedding
 from .remote_code import write_remote_code
 from .tiling import gaussian_weights, iterate_tiles
-from .training_utils import predict_original_latents, resize_from_vae, upsample_for_vae
+from .training_utils import low_frequency_transfer, predict_original_latents, resize_from_vae, upsample_for_vae
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ class FideDiffPipeline(DiffusionPipeline):
         prompt_embedding ([`FideDiffPromptEmbedding`]): the learned text embedding ``c``.
         kernel_controlnet ([`KernelControlNetModel`], *optional*): kernels, t-prediction and ControlNet residuals;
             ``None`` gives the base model.
+        default_upscale_factor (`int`, defaults to 2): ``upscale_factor`` used when a call does not pass one
+            (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 4, sets 1).
+        color_fix_sigma (`float`, *optional*): when set (by a model trained with it), the output's lowest
+            frequencies are taken from the blurry input (`training_utils.low_frequency_transfer`).
     """
 
     model_cpu_offload_seq = "prompt_embedding->kernel_controlnet->vae->unet"
@@ -123,6 +127,8 @@ class FideDiffPipeline(DiffusionPipeline):
         scheduler: DDPMScheduler,
         prompt_embedding: FideDiffPromptEmbedding,
         kernel_controlnet: KernelControlNetModel | None = None,
+        default_upscale_factor: int = 2,
+        color_fix_sigma: float | None = None,
     ):
         super().__init__()
         prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
@@ -131,6 +137,7 @@ class FideDiffPipeline(DiffusionPipeline):
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=prompt_embedding, kernel_controlnet=kernel_controlnet
         )
+        self.register_to_config(default_upscale_factor=int(default_upscale_factor), color_fix_sigma=color_fix_sigma)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ loading and saving
@@ -160,6 +167,8 @@ class FideDiffPipeline(DiffusionPipeline):
                 components[name] = None
                 continue
             components[name] = cls._load_component(folder, name, entry[1], dtype, variant)
+        for key, default in (("default_upscale_factor", 2), ("color_fix_sigma", None)):
+            components[key] = kwargs.pop(key, index.get(key, default))
         if kwargs:
             raise TypeError(f"unexpected arguments to FideDiffPipeline.from_pretrained: {', '.join(sorted(kwargs))}")
         pipe = cls(**components)
@@ -275,7 +284,7 @@ class FideDiffPipeline(DiffusionPipeline):
         self,
         image,
         timestep: str | int | list[int] = "auto",
-        upscale_factor: int = 2,
+        upscale_factor: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         return_kernels: bool = False,
@@ -294,7 +303,8 @@ class FideDiffPipeline(DiffusionPipeline):
             timestep: ``"auto"`` (the t-regressor; without a Kernel ControlNet the default 200), an int in
                 ``[0, 999]``, or a list with one entry per image. ``t = (n - 1) * 20`` for ``n`` averaged frames.
             upscale_factor: 2 upsamples the input 2x before the VAE (the paper's ``d = 4``); 1 is the plain
-                ``d = 8`` path (faster, less detail). It must divide the VAE's factor.
+                ``d = 8`` path (faster, less detail). It must divide the VAE's factor. ``None``: the model's
+                ``default_upscale_factor`` (2 unless the saved model says otherwise).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_kernels: also return the estimated per-pixel kernels (needs a Kernel ControlNet).
             tiling: ``"auto"`` tiles latents larger than ``tile_size`` (and the VAE); ``True`` / ``False`` force it.
@@ -306,6 +316,8 @@ class FideDiffPipeline(DiffusionPipeline):
         Returns:
             [`FideDiffPipelineOutput`] or a tuple ``(images, timesteps)``.
         """
+        if upscale_factor is None:
+            upscale_factor = int(getattr(self.config, "default_upscale_factor", 2) or 2)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt'; got {output_type!r}")
         if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, np.integer)) or upscale_factor < 1 \
@@ -392,6 +404,9 @@ class FideDiffPipeline(DiffusionPipeline):
         with self._vae_tiling(use_tiling):
             decoded = self.vae.decode((z0 / self.vae.config.scaling_factor).to(dtype)).sample
         decoded = resize_from_vae(decoded, tuple(x.shape[-2:]), upscale)
+        sigma = getattr(self.config, "color_fix_sigma", None)
+        if sigma:
+            decoded = low_frequency_transfer(decoded.float(), x.float(), float(sigma))
         restored = ((decoded.float()[0, :, :height, :width] + 1.0) / 2.0).clamp(0, 1).cpu()
         kernels_np = None
         if return_kernels and kernels is not None:

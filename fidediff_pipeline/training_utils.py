@@ -36,6 +36,31 @@ def resize_from_vae(decoded: torch.Tensor, size: tuple[int, int], upscale_factor
     return decoded
 
 
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[B, C, H, W]`` (reflect padding, or replicate for tiny images)."""
+    radius = max(int(round(3 * sigma)), 1)
+    coords = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-(coords**2) / (2 * sigma * sigma))
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
+    x = F.pad(x, (radius, radius, radius, radius), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def low_frequency_transfer(output: torch.Tensor, reference: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Colour fix: keep ``output``'s detail, take the lowest frequencies from ``reference`` (the blurry input).
+
+    ``output - lowpass(output) + lowpass(reference)`` with a Gaussian of ``sigma`` pixels. Motion blur (a
+    normalised kernel) leaves an image's mean and its lowest frequencies almost unchanged, so the blurry input
+    is a faithful source of colour and brightness; this removes a VAE's colour drift, like the wavelet colour
+    fix of StableSR / OSEDiff. ``sigma`` should be well above the blur length so that the band taken from the
+    input is not blurred itself.
+    """
+    return output - gaussian_lowpass(output, sigma) + gaussian_lowpass(reference.to(output.dtype), sigma)
+
+
 def encode_latents(vae, x: torch.Tensor, upscale_factor: int = 1) -> torch.Tensor:
     """``z = mode(q(z | upsample(x))) * scaling_factor``: deterministic, as at inference."""
     return vae.encode(upsample_for_vae(x, upscale_factor)).latent_dist.mode() * vae.config.scaling_factor
@@ -85,6 +110,7 @@ def restore(
     kernel_controlnet=None,
     conditioning_scale: float = 1.0,
     z_t: torch.Tensor | None = None,
+    color_fix_sigma: float | None = None,
 ) -> RestoreOutput:
     """FideDiff's one-step restoration of a batch, differentiable (the training forward pass).
 
@@ -95,6 +121,8 @@ def restore(
         encoder_hidden_states: the learned embedding, ``[B, tokens, dim]``.
         kernel_controlnet: optional; its kernels come from ``x`` (image space, not upsampled) as in the pipeline.
         z_t: precomputed ``encode_latents(vae, x, upscale_factor)`` (e.g. under ``no_grad`` with a frozen VAE).
+        color_fix_sigma: apply :func:`low_frequency_transfer` from ``x`` (as the pipeline does when its config
+            sets ``color_fix_sigma``).
     """
     if z_t is None:
         z_t = encode_latents(vae, x, upscale_factor)
@@ -112,6 +140,8 @@ def restore(
     ).sample  # fmt: skip
     z0 = predict_original_latents(z_t, eps, alphas_cumprod, timesteps)
     image = decode_latents(vae, z0.to(z_t.dtype), tuple(x.shape[-2:]), upscale_factor)
+    if color_fix_sigma:
+        image = low_frequency_transfer(image.float(), x.float(), color_fix_sigma)
     return RestoreOutput(image=image, z_t=z_t, z0=z0, eps=eps, kernels=kernels, predicted_timestep=predicted)
 
 

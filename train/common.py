@@ -44,7 +44,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--preset", type=str, default=None, choices=PRESET_CHOICES,
                    help="sizes of newly created components (and, for stages 0/1 without --init_from, a random model)")
     g.add_argument("--upscale_factor", type=int, default=2,
-                   help="2: upsample 2x before the VAE (the paper's d=4 with SD's VAE); 1: plain path (d=8)")
+                   help="2: upsample 2x before the VAE (the paper's d=4 with SD's VAE); 1: plain path (d=8). Saved "
+                        "as the exported pipeline's default_upscale_factor")
+    g.add_argument("--color_fix_sigma", type=float, default=None,
+                   help="train and export with the low-frequency colour fix (Gaussian sigma in px; see "
+                        "training_utils.low_frequency_transfer); default: inherit from --init_from, else off")
     g = p.add_argument_group("data")
     g.add_argument("--train_manifest", type=str, default=None,
                    help="manifest.csv of trajectory groups (fidediff data gopro / synth)")
@@ -179,6 +183,15 @@ def load_pipeline(args, with_kernel_controlnet: bool):
         pipe.register_modules(kernel_controlnet=kcn)
     elif not with_kernel_controlnet and pipe.kernel_controlnet is not None:
         pipe.register_modules(kernel_controlnet=None)
+    return configure_pipeline(pipe, args)
+
+
+def configure_pipeline(pipe, args):
+    """Record the inference settings training used (upscale factor, colour fix) in the pipeline's config, so that
+    the exported model runs the same way by default. ``--color_fix_sigma`` unset inherits the loaded model's."""
+    if getattr(args, "color_fix_sigma", None) is None:
+        args.color_fix_sigma = getattr(pipe.config, "color_fix_sigma", None)
+    pipe.register_to_config(default_upscale_factor=int(args.upscale_factor), color_fix_sigma=args.color_fix_sigma)
     return pipe
 
 

@@ -5,13 +5,13 @@
     python train/make_tiny.py --steps_scale 0.02 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
 
 Steps (all deterministic given ``--seed``):
-1. photos: scikit-image's sample photos, short side resized to 256 px. Training: astronaut, rocket, hubble deep
-   field, immunohistochemistry, motorcycle (left), and the grey textures camera, brick, grass, gravel (as RGB).
+1. photos: scikit-image's colour sample photos, short side resized to 256 px. Training: astronaut, rocket,
+   hubble deep field, immunohistochemistry, motorcycle (left and right), retina.
    HELD OUT entirely (validation and evaluation only): coffee and chelsea.
 2. held-out data: ``synthesize_trajectory_set`` (the project's camera-shake builder) on the held-out photos,
-   levels n = 7, 11, 15, 3 trajectories per photo, kernel size m = 11 (the tiny Kernel ControlNet's).
-   Training data are drawn on the fly from the same builder (``--train_images``: a fresh trajectory and crop per
-   item), levels n = 5..15.
+   levels n = 7, 11, 15, 3 trajectories per photo, kernel window m = 31, camera speed 1.2-2.4 px per frame.
+   Training data are drawn on the fly from the same builder and settings (``--train_images``: a fresh
+   trajectory and crop per item), levels n = 5..15.
 3. stage 0 ``train_vae.py`` (tiny VAE), stage 1 ``train_base.py`` (all UNet weights, rank 0: the tiny UNet is
    random), stage 2 ``train_kernel.py``, stage 3 ``train_kcn.py``; each stage's ``main(argv)`` is called in this
    process with the flags logged below (the same flags work with ``accelerate launch``).
@@ -20,7 +20,9 @@ Steps (all deterministic given ``--seed``):
    ``train/evaluate_tiny.py``.
 
 The tiny model uses ``upscale_factor=1``: its VAE has factor 4, so that IS the paper's d = 4 (SD's VAE with the
-2x upsampling is 8 / 2 = 4). Call it with ``pipe(image, upscale_factor=1)``.
+2x upsampling is 8 / 2 = 4); the exported model_index.json records it as ``default_upscale_factor``. It is
+trained and exported with the low-frequency colour fix (``color_fix_sigma=12``): a from-scratch tiny VAE drifts
+in colour, and blur leaves the lowest frequencies of the input intact.
 """
 
 from __future__ import annotations
@@ -41,17 +43,21 @@ sys.path.insert(0, str(REPO))
 
 logger = logging.getLogger("fidediff.make_tiny")
 
+# Colour photos only: with grey textures in the mix the from-scratch VAE learnt colour far more slowly.
 TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "motorcycle_left",
-                "camera", "brick", "grass", "gravel")
+                "motorcycle_right", "retina")
 HELDOUT_PHOTOS = ("coffee", "chelsea")
 EVAL_FRAMES = (7, 11, 15)
 TRAIN_FRAMES = (5, 7, 9, 11, 13, 15)
-KERNEL_SIZE = 11  # the tiny preset's Kernel ControlNet m
+KERNEL_SIZE = 11  # the tiny preset's Kernel ControlNet m (its reblur window; longer blur is approximated)
+DATA_KERNEL_SIZE = 31  # the builder's default m: blur paths up to 14 px from the centre
+SPEED_RANGE = (1.2, 2.4)  # camera speed, px per 240 fps frame (builder default 0.8-1.8): clearly visible blur
+COLOR_FIX_SIGMA = 12.0  # low-frequency colour fix (training_utils.low_frequency_transfer), px
 SHORT_SIDE = 256
 UPSCALE = 1
 
 # Steps per stage at --steps_scale 1 (sized for ~40 min on this 2-core machine, see docs/tiny_results.md).
-STEPS = {"vae": 1500, "base": 1200, "kernel": 300, "kcn": 500, "base_noct": 600}
+STEPS = {"vae": 2500, "base": 1200, "kernel": 300, "kcn": 500, "base_noct": 600}
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -87,10 +93,11 @@ def write_photos(names, folder: Path) -> list[Path]:
 
 
 def build_heldout_set(photos: list[Path], out_dir: Path, seed: int, trajectories: int = 3) -> Path:
-    from fidediff_pipeline.data import synthesize_trajectory_set
+    from fidediff_pipeline.data import TrajectoryConfig, synthesize_trajectory_set
 
     report = synthesize_trajectory_set(photos, out_dir, frames=EVAL_FRAMES, seed=seed + 1000,
-                                       kernel_size=KERNEL_SIZE, trajectories_per_image=trajectories)
+                                       kernel_size=DATA_KERNEL_SIZE, trajectories_per_image=trajectories,
+                                       config=TrajectoryConfig(speed_range=SPEED_RANGE))
     return Path(report.manifest_path)
 
 
@@ -99,7 +106,8 @@ def common_flags(args, work: Path, stage: str, steps: int) -> list[str]:
         "--train_images", str(work / "photos" / "train"),
         "--validation_manifest", str(work / "data" / "heldout" / "manifest.csv"),
         "--frames", *map(str, TRAIN_FRAMES),
-        "--synth_kernel_size", str(KERNEL_SIZE),
+        "--synth_kernel_size", str(DATA_KERNEL_SIZE),
+        "--synth_speed_range", *map(str, SPEED_RANGE),
         "--upscale_factor", str(UPSCALE),
         "--output_dir", str(work / stage),
         "--seed", str(args.seed),
@@ -120,7 +128,7 @@ def stage_plan(args, work: Path) -> list[tuple[str, str, list[str]]]:
     s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()}
     plan = [
         ("vae", "train_vae", ["--preset", "tiny", *common_flags(args, work, "vae", s["vae"]),
-                              "--resolution", "48", "--train_batch_size", "3", "--levels_per_group", "2",
+                              "--resolution", "32", "--train_batch_size", "6", "--levels_per_group", "2",
                               "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
                               "--kl_weight", "1e-4", "--edge_weight", "0.5"]),
     ]
@@ -128,7 +136,7 @@ def stage_plan(args, work: Path) -> list[tuple[str, str, list[str]]]:
                   "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "3e-4",
                   "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
                   "--edge_weight", "0.5", "--gan_weight", "0.01", "--gan_loss", "non_saturating",
-                  "--discriminator_learning_rate", "1e-4"]
+                  "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
     plan.append(("base", "train_base", [*common_flags(args, work, "base", s["base"]), *base_flags]))
     plan.append(("kernel", "train_kernel", [*common_flags(args, work, "kernel", s["kernel"]),
                                             "--init_from", str(work / "base" / "pipeline"), "--preset", "tiny",

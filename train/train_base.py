@@ -96,7 +96,8 @@ class BaseStageModel(nn.Module):
         with torch.no_grad():
             z_t = encode_latents(self._vae, x, self.upscale)
         context = self.prompt_embedding(batch_size=x.shape[0])
-        out = restore(self._vae, self.unet, self.alphas_cumprod, context, x, timesteps, self.upscale, z_t=z_t)
+        out = restore(self._vae, self.unet, self.alphas_cumprod, context, x, timesteps, self.upscale, z_t=z_t,
+                      color_fix_sigma=self.args.color_fix_sigma)
         restored = out.image.float()
         l1 = F.l1_loss(restored, target)
         loss = l1
@@ -126,6 +127,7 @@ class BaseStage(common.Stage):
         self.args, self.accelerator = args, accelerator
         if args.pretrained_model_name_or_path:
             pipe = FideDiffPipeline.from_stable_diffusion(args.pretrained_model_name_or_path, with_kernel_controlnet=False)
+            common.configure_pipeline(pipe, args)
         else:
             pipe = common.load_pipeline(args, with_kernel_controlnet=False)
         common.validate_common_args(args, pipe.vae_scale_factor)
@@ -166,7 +168,9 @@ class BaseStage(common.Stage):
 
         model = common.unwrap(self.accelerator, self.model)
         return FideDiffPipeline(vae=self.pipe.vae, unet=model.unet, scheduler=self.pipe.scheduler,
-                                prompt_embedding=model.prompt_embedding, kernel_controlnet=None)
+                                prompt_embedding=model.prompt_embedding, kernel_controlnet=None,
+                                default_upscale_factor=self.args.upscale_factor,
+                                color_fix_sigma=self.args.color_fix_sigma)
 
     def export(self, export_dir):
         pipe = self.validation_pipeline()

@@ -65,7 +65,7 @@ class KCNStageModel(nn.Module):
             z_t = encode_latents(fz["vae"], x, args.upscale_factor)
             context = fz["prompt_embedding"](batch_size=x.shape[0]).to(z_t.dtype)
         out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, timesteps, args.upscale_factor,
-                      kernel_controlnet=self.kernel_controlnet, z_t=z_t)
+                      kernel_controlnet=self.kernel_controlnet, z_t=z_t, color_fix_sigma=args.color_fix_sigma)
         restored = out.image.float()
         l1 = F.l1_loss(restored, target)
         ea, logs = common.ea_lpips_terms(fz["ea"], restored, target, args)
@@ -85,8 +85,6 @@ class KCNStage(common.Stage):
         self.pipe = pipe = common.load_pipeline(args, with_kernel_controlnet=True)
         common.validate_common_args(args, pipe.vae_scale_factor)
         self.kernel_size = pipe.kernel_controlnet.config.kernel_size
-        if args.synth_kernel_size and args.synth_kernel_size != self.kernel_size:
-            raise SystemExit(f"error: --synth_kernel_size {args.synth_kernel_size} != the model's kernel size {self.kernel_size}")
         ea_loss = common.build_ea_loss(args, accelerator.device)
         common.freeze(pipe.vae, pipe.unet, pipe.prompt_embedding)
         pipe.kernel_controlnet.requires_grad_(True).train()

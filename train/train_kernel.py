@@ -83,8 +83,6 @@ class KernelStage(common.Stage):
         common.validate_common_args(args, self.pipe.vae_scale_factor)
         kcn = self.pipe.kernel_controlnet
         self.kernel_size = kcn.config.kernel_size
-        if args.synth_kernel_size and args.synth_kernel_size != self.kernel_size:
-            raise SystemExit(f"error: --synth_kernel_size {args.synth_kernel_size} != the model's kernel size {self.kernel_size}")
         common.freeze(self.pipe.vae, self.pipe.unet, self.pipe.prompt_embedding, kcn)
         kcn.kernel_estimator.requires_grad_(True).train()
         if args.time_weight > 0:
