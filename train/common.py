@@ -90,6 +90,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--checkpointing_steps", type=int, default=500)
     g.add_argument("--checkpoints_total_limit", type=int, default=None)
     g.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint folder or "latest"')
+    g.add_argument("--max_steps_this_run", type=int, default=None,
+                   help="checkpoint and stop after this many steps in this invocation (time-limited jobs); resume "
+                        "later with --resume_from_checkpoint latest. The export happens when --max_train_steps is reached")
     g.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
     g.add_argument("--logging_dir", type=str, default="logs")
     g.add_argument("--tracker_project_name", type=str, default=None)
@@ -536,7 +539,10 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     logs: dict = {}
     history: list[float] = []  # the total loss of every step (train_summary.json; used by the tests)
     start_time, last_print = time.time(), time.time()
+    first_step = global_step
     while global_step < args.max_train_steps:
+        if args.max_steps_this_run and global_step - first_step >= args.max_steps_this_run:
+            break
         model.train()
         outputs_for_d, step_logs = [], {}
         for micro in range(ga):
@@ -585,7 +591,8 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
             last_print = time.time()
             del elapsed
 
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+        stopping = bool(args.max_steps_this_run) and global_step - first_step >= args.max_steps_this_run
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps or stopping:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
@@ -604,7 +611,13 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     accelerator.wait_for_everyone()
     # Every process records a hash of its trained weights: DDP replicas must end identical.
     digest = weights_digest(accelerator.unwrap_model(model))
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     Path(args.output_dir, f"weights_digest_rank{accelerator.process_index}.txt").write_text(digest + "\n")
+    if global_step < args.max_train_steps:
+        logger.info("stopped at step %d of %d (--max_steps_this_run); resume with --resume_from_checkpoint latest",
+                    global_step, args.max_train_steps)
+        accelerator.end_training()
+        return logs
     if accelerator.is_main_process:
         export_dir = args.export_dir or os.path.join(args.output_dir, "pipeline")
         stage.export(export_dir)
