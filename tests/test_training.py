@@ -293,3 +293,11 @@ def test_low_frequency_transfer_keeps_detail_and_takes_the_mean_from_the_referen
     detail = torch.rand(1, 3, 64, 64) - 0.5
     out = low_frequency_transfer(detail + 0.3, detail * 0 - 0.2, sigma=6.0)
     assert abs(float(out.mean()) - float((detail - 0.2).mean())) < 0.02
+
+
+def test_bf16_accumulation_checkpointing_lora_and_float32_export(data, tmp_path):
+    train_base.main(["--preset", "tiny", *_flags(data, tmp_path, steps=1, validation_steps=100), "--lora_rank", "4",
+                     "--lpips_weight", "0", "--gan_weight", "0.1", "--mixed_precision", "bf16",
+                     "--gradient_checkpointing", "--gradient_accumulation_steps", "2", "--train_batch_size", "1"])
+    pipe = FideDiffPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.float32

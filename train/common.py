@@ -639,6 +639,10 @@ def save_pipeline(pipe, export_dir: str) -> None:
         if "lora" in type(module).__name__.lower() or hasattr(module, "lora_A"):
             raise RuntimeError(f"refusing to export: LoRA layer {name} is not fused and unloaded "
                                "(an unfused adapter silently reloads wrong weights)")
+    # Frozen parts ran in the mixed-precision dtype: export float32 weights (users choose dtype= when loading).
+    modules = [m for m in pipe.components.values() if isinstance(m, nn.Module)]
+    if any(p.dtype != torch.float32 for m in modules for p in m.parameters()):
+        pipe.to(dtype=torch.float32)
     pipe.save_pretrained(export_dir)
 
 
