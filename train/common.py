@@ -351,7 +351,8 @@ def run_validation(pipe, pairs, args, step: int, accelerator, timestep_mode: str
     in_psnr, out_psnr, strips = [], [], []
     for item in pairs:
         t = int(item["timestep"]) if timestep_mode == "given" else "auto"
-        out = pipe(item["blurry"], timestep=t, upscale_factor=args.upscale_factor, output_type="pt", tiling=False)
+        with accelerator.autocast():  # frozen parts may be in the mixed-precision dtype
+            out = pipe(item["blurry"], timestep=t, upscale_factor=args.upscale_factor, output_type="pt", tiling=False)
         restored = out.images[0] if out.images.ndim == 4 else out.images
         sharp, blurry, restored = to_uint8(item["sharp"]), to_uint8(item["blurry"]), to_uint8(restored)
         in_psnr.append(psnr_uint8(blurry, sharp))
