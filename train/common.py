@@ -585,12 +585,10 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
         logs = step_logs
         accelerator.log(step_logs, step=global_step)
         if accelerator.is_main_process and (global_step % args.log_every == 0 or global_step == args.max_train_steps):
-            elapsed = time.time() - start_time
             text = " ".join(f"{k}={v:.4g}" for k, v in step_logs.items())
             logger.info("[%s] step %d/%d %s (%.2fs/step)", stage.name, global_step, args.max_train_steps, text,
                         (time.time() - last_print) / args.log_every)
             last_print = time.time()
-            del elapsed
 
         stopping = bool(args.max_steps_this_run) and global_step - first_step >= args.max_steps_this_run
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps or stopping:
@@ -656,9 +654,3 @@ def weights_digest(module: nn.Module) -> str:
         h.update(key.encode())
         h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def human_seconds(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.1f} s"
-
-

@@ -157,11 +157,33 @@ def stage_plan(args, work: Path) -> list[tuple[str, str, list[str]]]:
     return plan
 
 
+MODEL_CARD = """---
+library_name: diffusers
+tags: [image-deblurring, motion-deblurring, fidediff, tiny, cpu]
+---
+# fidediff-tiny
+
+A **tiny CPU model, not the paper's**: the FideDiff method (one-step consistency-trained diffusion deblurring
+with a Kernel ControlNet and t-prediction) at the size of the project's `tiny` preset (a few million
+parameters, a factor-4 VAE, 8 latent channels), trained from scratch in under an hour on a 2-core CPU by
+`python train/make_tiny.py` on seven scikit-image photos with synthetic camera-shake blur. It exists to run and
+test the code path offline; it is not a useful deblurring model for real photos. Results on held-out photos:
+`docs/tiny_results.md`.
+
+```python
+from fidediff_pipeline import FideDiffPipeline, DEFAULT_MODEL
+pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+out = pipe(image)  # uses the saved defaults: upscale_factor=1 (d = 4 with this VAE), colour fix sigma 12
+```
+"""
+
+
 def export_checkpoint(source: Path, export: Path) -> None:
     """Copy the final pipeline folder (safetensors + code files) to the bundled checkpoint location."""
     if export.exists():
         shutil.rmtree(export)
     shutil.copytree(source, export)
+    (export / "README.md").write_text(MODEL_CARD)
     size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
     logger.info("exported the tiny checkpoint to %s (%.1f MB)", export, size / 1e6)
 
