@@ -25,6 +25,16 @@ from train import common, train_base, train_kcn, train_kernel, train_vae  # noqa
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each in-process run gets its own Accelerator settings (accelerate keeps a process-wide singleton)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _photo(name: str, size: int) -> np.ndarray:
     import skimage.data
     from PIL import Image

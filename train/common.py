@@ -499,7 +499,9 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
         if module is not None:
             module.to(accelerator.device)
             if weight_dtype != torch.float32:  # frozen parts run in the mixed-precision dtype (diffusers' recipe)
-                module.to(dtype=weight_dtype)
+                for param in module.parameters():
+                    if not param.requires_grad:  # a trained part (e.g. --train_vae_decoder) stays float32
+                        param.data = param.data.to(weight_dtype)
     params = [p for p in stage.model.parameters() if p.requires_grad]
     if not params:
         raise SystemExit("error: nothing to train (no parameter requires grad)")

@@ -47,6 +47,9 @@ def parse_args(argv=None):
     g.add_argument("--lora_target", type=str, default="all", choices=["attention", "all"],
                    help=f"attention: {LORA_ATTENTION_TARGETS}; all: also {LORA_ALL_TARGETS[4:]}")
     g.add_argument("--freeze_embedding", action="store_true", help="do not train the text embedding")
+    g.add_argument("--train_vae_decoder", action="store_true",
+                   help="TINY PRESET: also train the VAE decoder (with the loss of eq. 9). The paper keeps SD's "
+                        "pretrained VAE frozen; a from-scratch tiny VAE is too weak a decoder to show deblurring")
     g.add_argument("--gan_weight", type=float, default=0.05, help="lambda2; 0 turns the discriminator off")
     g.add_argument("--gan_loss", type=str, default="non_saturating", choices=["non_saturating", "hinge"],
                    help="non_saturating is the paper's eq. 10-11 (log loss)")
@@ -80,6 +83,10 @@ class BaseStageModel(nn.Module):
         self.__dict__["_ea_loss"] = ea_loss
         self.__dict__["_discriminator"] = discriminator
         self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
+        if args.train_vae_decoder:
+            # Registered here so the optimizer, DDP and checkpoints see them; vae.decode still uses these modules.
+            self.vae_decoder = vae.decoder
+            self.vae_post_quant_conv = vae.post_quant_conv
         self.upscale = args.upscale_factor
         self.args = args
         self.gan_weight, self.gan_loss = args.gan_weight, args.gan_loss
@@ -139,6 +146,9 @@ class BaseStage(common.Stage):
         # The discriminator copies the UNet encoder BEFORE LoRA layers are added.
         self.discriminator = LatentDiscriminator(pipe.unet) if args.gan_weight > 0 else None
         common.freeze(pipe.vae)
+        if args.train_vae_decoder:
+            pipe.vae.decoder.requires_grad_(True).train()
+            pipe.vae.post_quant_conv.requires_grad_(True)
         unet = pipe.unet
         if args.lora_rank > 0:
             from peft import LoraConfig
