@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from train.make_tiny import DATA_KERNEL_SIZE, HELDOUT_PHOTOS, SPEED_RANGE, UPSCALE, load_photo  # noqa: E402
+from train.make_tiny import DATA_KERNEL_SIZE, HELDOUT_PHOTOS, SPEED_RANGE, STEPS, UPSCALE, load_photo  # noqa: E402
 
 LEVELS = (7, 11, 15)
 
@@ -193,7 +193,7 @@ def main(argv=None):
         "",
         "**A tiny CPU model, not the paper's.** `fidediff_pipeline/checkpoints/fidediff-tiny` is the tiny preset "
         "(same classes as SD 2.1-base FideDiff, a few million parameters) trained from scratch on this 2-core CPU by "
-        "`python train/make_tiny.py` on 9 scikit-image photos with synthetic camera-shake blur. It demonstrates "
+        "`python train/make_tiny.py` on 7 scikit-image colour photos with synthetic camera-shake blur. It demonstrates "
         "and tests the method's code path; its numbers say nothing about the paper's GoPro results.",
         "",
         f"Evaluation (`python train/evaluate_tiny.py`): held-out photos {', '.join(HELDOUT_PHOTOS)} (never used in "
@@ -204,6 +204,10 @@ def main(argv=None):
         "the paper's d = 4). PSNR / SSIM: scikit-image on uint8 RGB (per-channel SSIM).",
         "",
         fmt_table(rows, inputs),
+        "",
+        f"The \"w/o CT\" row is a separate stage-1 run with `--no_consistency` (unrelated pairs, all at t = 200) of "
+        f"{STEPS['base_noct']} steps, SHORTER than the consistency-trained base ({STEPS['base']} steps), to fit the "
+        "time budget; it shares the VAE. \"oracle\" rows use the true t of each image.",
         "",
         "t-prediction (Kernel ControlNet's regressor) on the same images: "
         + ", ".join(f"n={n}: MAE {t_mae[n]:.1f} (mean predicted {auto[n]['t_mean_predicted']:.0f}, true {(n - 1) * 20})"

@@ -136,8 +136,7 @@ def stage_plan(args, work: Path) -> list[tuple[str, str, list[str]]]:
                   "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "3e-4",
                   "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
                   "--edge_weight", "0.5", "--gan_weight", "0.01", "--gan_loss", "non_saturating",
-                  "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA),
-                  "--train_vae_decoder"]
+                  "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
     plan.append(("base", "train_base", [*common_flags(args, work, "base", s["base"]), *base_flags]))
     plan.append(("kernel", "train_kernel", [*common_flags(args, work, "kernel", s["kernel"]),
                                             "--init_from", str(work / "base" / "pipeline"), "--preset", "tiny",
