@@ -13,6 +13,7 @@ import sys
 # Order is the order of ``fidediff --help``.
 COMMAND_MODULES = [
     "fidediff_pipeline.commands.deblur",
+    "fidediff_pipeline.commands.eval",
 ]
 
 
