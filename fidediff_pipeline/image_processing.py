@@ -1,0 +1,175 @@
+"""Turning user inputs (files, PIL images, numpy arrays, tensors) into model inputs, with clear errors."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+
+# 40 megapixels: a 8K photo fits; a decompression bomb does not. Configurable per call.
+DEFAULT_MAX_PIXELS = 40_000_000
+MIN_IMAGE_SIDE = 8
+SUPPORTED_INPUTS = "PIL images, numpy arrays (HxW, HxWx1/3/4; uint8, or float in [0, 1]), torch tensors ([C,H,W] or [B,C,H,W], float in [0, 1]), file paths, or a list of these"
+
+
+def _check_size(height: int, width: int, max_pixels: int | None, what: str) -> None:
+    if height == 0 or width == 0:
+        raise ValueError(f"{what} is empty ({width}x{height} pixels); it needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    if height < MIN_IMAGE_SIDE or width < MIN_IMAGE_SIDE:
+        raise ValueError(f"{what} is {width}x{height} pixels; the smallest accepted size is {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    if max_pixels is not None and height * width > max_pixels:
+        raise ValueError(
+            f"{what} has {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(a guard against decompression bombs); pass a larger max_pixels if you trust it"
+        )
+
+
+def _is_16bit_png(image: PIL.Image.Image) -> bool:
+    # Pillow silently reduces 16-bit RGB PNGs to 8-bit "RGB"; the raw mode still tells.
+    tile = getattr(image, "tile", None) or []
+    return any(len(t) > 3 and isinstance(t[3], (str, tuple)) and ";16" in str(t[3]) for t in tile)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
+    """Open an image file as RGB, checking its size before decoding it.
+
+    Raises ``ValueError`` naming the file for: not an image, corrupt or truncated data, 16-bit or float
+    images, more than 4 channels, empty images, and images over ``max_pixels``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+            _check_size(height, width, max_pixels, path)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") or _is_16bit_png(image):
+                raise ValueError(f"{path}: 16-bit or floating-point images are not supported; save it as 8-bit (PNG or JPEG)")
+            if len(image.getbands()) > 4:
+                raise ValueError(f"{path}: {len(image.getbands())} channels; accepted are gray, RGB and RGBA")
+            image.load()
+            return to_rgb(image)
+    except PIL.Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from None
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file that can be read (accepted: PNG, JPEG, WebP, BMP, TIFF)") from None
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: the image data is corrupt or truncated ({err})") from None
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Gray, palette and RGBA images become RGB (alpha is dropped: motion blur lives in the colour channels)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB")
+
+
+def _numpy_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW and HxWxC arrays with C in 1, 3, 4")
+    channels = array.shape[2]
+    if channels not in (1, 3, 4):
+        raise ValueError(f"{what} has {channels} channels; accepted are 1 (gray), 3 (RGB) and 4 (RGBA)")
+    if array.dtype == np.uint8:
+        data = array.astype(np.float32) / 255.0
+    elif array.dtype in (np.uint16, np.int32, np.uint32, np.int64, np.int16):
+        raise ValueError(f"{what} is a {array.dtype} array (16-bit or wider); convert it to uint8, or to float in [0, 1]")
+    elif np.issubdtype(array.dtype, np.floating):
+        data = array.astype(np.float32)
+        if not np.isfinite(data).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        lo, hi = float(data.min()), float(data.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"{what} is a float array with values in [{lo:.3g}, {hi:.3g}]; float images must be in [0, 1]")
+    else:
+        raise ValueError(f"{what} has dtype {array.dtype}; accepted are uint8 and float arrays")
+    tensor = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
+    return _to_three_channels(tensor)
+
+
+def _to_three_channels(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.shape[0] == 1:
+        return tensor.expand(3, -1, -1).clone()
+    if tensor.shape[0] == 4:
+        return tensor[:3].clone()
+    return tensor
+
+
+def _tensor_to_list(tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4:
+        raise ValueError(f"{what} has shape {tuple(tensor.shape)}; accepted are [C, H, W] and [B, C, H, W] tensors")
+    if tensor.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{what} has {tensor.shape[1]} channels; accepted are 1, 3 and 4")
+    if not tensor.is_floating_point():
+        if tensor.dtype == torch.uint8:
+            tensor = tensor.float() / 255.0
+        else:
+            raise ValueError(f"{what} has dtype {tensor.dtype}; accepted are float tensors in [0, 1] and uint8")
+    tensor = tensor.detach().float().cpu()
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    lo, hi = float(tensor.min()), float(tensor.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; tensors must be in [0, 1]")
+    return [_to_three_channels(t) for t in tensor]
+
+
+def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
+    """Convert any accepted input to a list of float tensors ``[3, H, W]`` in ``[0, 1]`` (CPU).
+
+    Example:
+        >>> prepare_images(np.zeros((16, 16, 3), dtype=np.uint8))[0].shape
+        torch.Size([3, 16, 16])
+    """
+    items: Sequence[Any] = image if isinstance(image, (list, tuple)) else [image]
+    if len(items) == 0:
+        raise ValueError(f"no image given; expected {SUPPORTED_INPUTS}")
+    tensors: list[torch.Tensor] = []
+    for index, item in enumerate(items):
+        what = f"image {index}" if len(items) > 1 else "the image"
+        if isinstance(item, (str, os.PathLike)):
+            tensors.append(_numpy_to_tensor(np.asarray(load_image(item, max_pixels)), os.fspath(item)))
+            continue
+        if isinstance(item, PIL.Image.Image):
+            if item.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                raise ValueError(f"{what} is a 16-bit or float PIL image (mode {item.mode}); convert it to 8-bit RGB")
+            _check_size(item.height, item.width, max_pixels, what)
+            if len(item.getbands()) > 4:
+                raise ValueError(f"{what} has {len(item.getbands())} channels; accepted are gray, RGB and RGBA")
+            tensors.append(_numpy_to_tensor(np.asarray(to_rgb(item)), what))
+        elif isinstance(item, np.ndarray):
+            if item.ndim >= 2:
+                _check_size(item.shape[0], item.shape[1], max_pixels, what)
+            tensors.append(_numpy_to_tensor(item, what))
+        elif isinstance(item, torch.Tensor):
+            if item.ndim >= 2:
+                _check_size(item.shape[-2], item.shape[-1], max_pixels, what)
+            tensors.extend(_tensor_to_list(item, what))
+        else:
+            raise ValueError(f"{what} is a {type(item).__name__}; expected {SUPPORTED_INPUTS}")
+    return tensors
+
+
+def postprocess(images: list[torch.Tensor], output_type: str):
+    """``[3, H, W]`` tensors in ``[0, 1]`` -> ``pil`` list, ``np`` float array ``[B, H, W, 3]``, or ``pt`` tensor.
+
+    When the images differ in size, ``np`` and ``pt`` return lists instead of one stacked array.
+    """
+    if output_type == "pil":
+        return [PIL.Image.fromarray((img.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)) for img in images]
+    same_size = len({tuple(img.shape) for img in images}) == 1
+    if output_type == "np":
+        arrays = [img.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() for img in images]
+        return np.stack(arrays) if same_size else arrays
+    if output_type == "pt":
+        return torch.stack(images) if same_size else images
+    raise ValueError(f"output_type must be 'pil', 'np' or 'pt'; got {output_type!r}")

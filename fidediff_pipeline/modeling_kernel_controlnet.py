@@ -1,0 +1,292 @@
+"""Kernel ControlNet of FideDiff (paper Sec. 4.2): kernel estimator M, t-regressor T, filter F, ControlNet C."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.controlnets.controlnet import ControlNetModel
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class KernelControlNetOutput(BaseOutput):
+    """
+    Output of [`KernelControlNetModel`].
+
+    Args:
+        kernels (`torch.Tensor` of shape `[B, m*m, H, W]`): per-pixel blur kernels in image space (non-negative,
+            each pixel's kernel sums to 1), in the convention of `fidediff_pipeline.kernel_ops`.
+        predicted_timestep (`torch.Tensor` of shape `[B]`): the t-regressor's blur level, in diffusion timesteps.
+        down_block_res_samples (`tuple` of `torch.Tensor`, or `None`): ControlNet residuals for the UNet's down blocks.
+        mid_block_res_sample (`torch.Tensor`, or `None`): ControlNet residual for the UNet's mid block.
+    """
+
+    kernels: torch.Tensor
+    predicted_timestep: torch.Tensor
+    down_block_res_samples: tuple[torch.Tensor, ...] | None = None
+    mid_block_res_sample: torch.Tensor | None = None
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=min(8, channels), num_channels=channels)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = _group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class KernelEstimator(nn.Module):
+    """M: an image-space convolutional UNet that predicts an ``m x m`` kernel for every pixel.
+
+    The kernels go through a softmax over the ``m*m`` taps, so they are non-negative and sum to 1. The output
+    layer starts as a near-identity kernel (a strong bias on the centre tap) so that early training is stable.
+    """
+
+    def __init__(self, kernel_size: int, block_channels: tuple[int, ...] = (32, 64, 128), in_channels: int = 3):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv_in = nn.Conv2d(in_channels, block_channels[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i, ch in enumerate(block_channels):
+            prev = block_channels[max(i - 1, 0)]
+            self.down_blocks.append(_ResBlock(prev, ch))
+            is_last = i == len(block_channels) - 1
+            self.downsamplers.append(nn.Identity() if is_last else nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        self.mid_block = _ResBlock(block_channels[-1], block_channels[-1])
+        self.up_blocks = nn.ModuleList()
+        for i in reversed(range(len(block_channels) - 1)):
+            self.up_blocks.append(_ResBlock(block_channels[i + 1] + block_channels[i], block_channels[i]))
+        self.norm_out = _group_norm(block_channels[0])
+        self.conv_out = nn.Conv2d(block_channels[0], kernel_size * kernel_size, 3, padding=1)
+        nn.init.normal_(self.conv_out.weight, std=1e-3)
+        with torch.no_grad():
+            self.conv_out.bias.zero_()
+            self.conv_out.bias[(kernel_size * kernel_size) // 2] = 4.0
+        self.downscale = 2 ** (len(block_channels) - 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` ``[B, 3, H, W]`` in ``[-1, 1]`` -> kernels ``[B, m*m, H, W]``."""
+        h, w = image.shape[-2:]
+        pad_h, pad_w = (-h) % self.downscale, (-w) % self.downscale
+        x = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else image
+        x = self.conv_in(x)
+        skips = []
+        for block, down in zip(self.down_blocks, self.downsamplers):
+            x = block(x)
+            skips.append(x)
+            x = down(x)
+        x = self.mid_block(x)
+        skips.pop()  # the deepest level feeds the mid block directly
+        for block in self.up_blocks:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = block(torch.cat([x, skip], dim=1))
+        logits = self.conv_out(F.silu(self.norm_out(x)))[..., :h, :w]
+        return torch.softmax(logits.float(), dim=1).to(image.dtype)
+
+
+class TimestepRegressor(nn.Module):
+    """T: regresses the blur level ``t`` from the kernel map (longer, more complex kernels mean larger ``t``).
+
+    Returns ``t`` in diffusion timesteps, in ``(0, num_train_timesteps)`` through a sigmoid.
+    """
+
+    def __init__(self, kernel_channels: int, hidden_channels: int = 64, num_train_timesteps: int = 1000):
+        super().__init__()
+        self.num_train_timesteps = num_train_timesteps
+        self.features = nn.Sequential(
+            nn.Conv2d(kernel_channels, hidden_channels, 1),
+            nn.SiLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+        )
+        self.head = nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.SiLU(), nn.Linear(hidden_channels, 1))
+
+    def forward(self, kernels: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(kernels).mean(dim=(-2, -1))
+        return torch.sigmoid(self.head(pooled).squeeze(-1).float()) * self.num_train_timesteps
+
+
+class KernelFilterModule(nn.Module):
+    r"""F: injects the kernel map into the ControlNet input with the paper's filter equations
+
+    z_in2 = Conv(z_in1),  W = Conv(Cat(k_in, z_in2)),  O = W * z_in2 (element-wise),  z_out = z_in1 + Z(O)
+
+    where ``z_in1 = Conv(z_t)`` is the ControlNet's own ``conv_in``, ``k_in`` the kernel map embedded and resized
+    to the latent grid, and ``Z`` a zero-initialised convolution. This module returns ``Z(O)``; the ControlNet
+    adds it to ``z_in1`` (its conditioning path), which makes ``z_out``.
+    """
+
+    def __init__(self, kernel_channels: int, latent_feature_channels: int, embedding_channels: int = 64):
+        super().__init__()
+        self.kernel_embedding = nn.Sequential(
+            nn.Conv2d(kernel_channels, embedding_channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(embedding_channels, embedding_channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(embedding_channels, embedding_channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(embedding_channels, latent_feature_channels, 3, padding=1),
+        )
+        self.conv_z = nn.Conv2d(latent_feature_channels, latent_feature_channels, 3, padding=1)
+        self.conv_weight = nn.Conv2d(2 * latent_feature_channels, latent_feature_channels, 3, padding=1)
+        self.zero_conv = nn.Conv2d(latent_feature_channels, latent_feature_channels, 1)
+        nn.init.zeros_(self.zero_conv.weight)
+        nn.init.zeros_(self.zero_conv.bias)
+
+    def embed_kernels(self, kernels: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        k_in = self.kernel_embedding(kernels)
+        if tuple(k_in.shape[-2:]) == tuple(latent_size):
+            return k_in
+        # area when shrinking (d = 8 path) keeps every pixel's kernel in the average; bilinear when growing.
+        mode = "area" if k_in.shape[-1] > latent_size[1] else "bilinear"
+        return F.interpolate(k_in, size=latent_size, mode=mode)
+
+    def forward(self, z_in1: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        k_in = self.embed_kernels(kernels, tuple(z_in1.shape[-2:]))
+        z_in2 = self.conv_z(z_in1)
+        weight = self.conv_weight(torch.cat([k_in, z_in2], dim=1))
+        return self.zero_conv(weight * z_in2)
+
+
+class KernelControlNetModel(ModelMixin, ConfigMixin):
+    r"""
+    FideDiff's Kernel ControlNet: kernel estimator ``M``, t-regressor ``T``, filter module ``F`` and a ControlNet
+    ``C`` copied from the UNet's encoder, in one component.
+
+    A fresh model leaves the base UNet's output unchanged: the ControlNet's output convolutions and ``F``'s last
+    convolution start at zero.
+
+    Args:
+        controlnet_config (`dict`): config of the inner diffusers `ControlNetModel` (made by `from_unet`).
+        kernel_size (`int`): ``m``, the side of each per-pixel kernel (odd).
+        estimator_channels (`tuple[int]`): channels of ``M``'s levels.
+        regressor_channels (`int`): hidden width of ``T``.
+        kernel_embedding_channels (`int`): hidden width of ``F``'s kernel embedding.
+        num_train_timesteps (`int`): range of ``T``'s output.
+
+    Example:
+        >>> from diffusers import UNet2DConditionModel
+        >>> from fidediff_pipeline.presets import tiny_unet_config
+        >>> unet = UNet2DConditionModel(**tiny_unet_config())
+        >>> kcn = KernelControlNetModel.from_unet(unet, kernel_size=5)
+        >>> out = kcn(image=torch.zeros(1, 3, 32, 32))
+        >>> out.kernels.shape, out.predicted_timestep.shape
+        (torch.Size([1, 25, 32, 32]), torch.Size([1]))
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        controlnet_config: dict,
+        kernel_size: int = 9,
+        estimator_channels: tuple[int, ...] = (32, 64, 128),
+        regressor_channels: int = 64,
+        kernel_embedding_channels: int = 64,
+        num_train_timesteps: int = 1000,
+    ):
+        super().__init__()
+        if kernel_size % 2 != 1 or kernel_size < 1:
+            raise ValueError(f"kernel_size must be a positive odd number; got {kernel_size}")
+        kernel_channels = kernel_size * kernel_size
+        self.controlnet = ControlNetModel.from_config(controlnet_config)
+        latent_feature_channels = self.controlnet.conv_in.out_channels
+        # F replaces ControlNet's usual image-conditioning embedding: its output is added to conv_in(z_t) as is.
+        self.controlnet.controlnet_cond_embedding = nn.Identity()
+        self.kernel_estimator = KernelEstimator(kernel_size, tuple(estimator_channels))
+        self.timestep_regressor = TimestepRegressor(kernel_channels, regressor_channels, num_train_timesteps)
+        self.kernel_filter = KernelFilterModule(kernel_channels, latent_feature_channels, kernel_embedding_channels)
+
+    @classmethod
+    def from_unet(cls, unet, kernel_size: int = 9, load_weights_from_unet: bool = True, **kwargs):
+        """Create a Kernel ControlNet whose ControlNet ``C`` copies the UNet's encoder (like `ControlNetModel.from_unet`)."""
+        latent_feature_channels = unet.config.block_out_channels[0]
+        controlnet = ControlNetModel.from_unet(
+            unet,
+            conditioning_embedding_out_channels=(16,),
+            conditioning_channels=latent_feature_channels,
+            load_weights_from_unet=load_weights_from_unet,
+        )
+        controlnet_config = {k: v for k, v in controlnet.config.items() if not k.startswith("_")}
+        controlnet_config = {k: list(v) if isinstance(v, tuple) else v for k, v in controlnet_config.items()}
+        model = cls(controlnet_config=controlnet_config, kernel_size=kernel_size, **kwargs)
+        state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+        model.controlnet.load_state_dict(state, strict=True)
+        return model if unet.dtype == torch.float32 else model.to(dtype=unet.dtype)
+
+    @property
+    def kernel_size(self) -> int:
+        return self.config.kernel_size
+
+    def forward(
+        self,
+        image: torch.Tensor | None = None,
+        sample: torch.Tensor | None = None,
+        timestep: torch.Tensor | int | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        kernels: torch.Tensor | None = None,
+        conditioning_scale: float = 1.0,
+        return_dict: bool = True,
+    ):
+        r"""
+        Estimate kernels and ``t`` from ``image`` and, when ``sample`` is given, the ControlNet residuals.
+
+        Args:
+            image (`torch.Tensor` `[B, 3, H, W]` in `[-1, 1]`): the blurry image (image space, not upsampled).
+                Not needed when ``kernels`` are passed.
+            sample (`torch.Tensor` `[B, C, h, w]`): the blurry latent ``z_t``; omit to only estimate kernels and t.
+            timestep: the diffusion timestep used for ``sample``.
+            encoder_hidden_states (`torch.Tensor`): the learned prompt embedding.
+            kernels (`torch.Tensor` `[B, m*m, H', W']`): precomputed kernels (e.g. a tile's crop); they cover the
+                same region as ``sample``.
+            conditioning_scale (`float`): multiplier of the residuals.
+        """
+        if kernels is None:
+            if image is None:
+                raise ValueError("KernelControlNetModel needs `image` (to estimate kernels) or `kernels`")
+            kernels = self.kernel_estimator(image)
+        predicted_timestep = self.timestep_regressor(kernels)
+        down_res, mid_res = None, None
+        if sample is not None:
+            if timestep is None or encoder_hidden_states is None:
+                raise ValueError("`timestep` and `encoder_hidden_states` are required together with `sample`")
+            z_in1 = self.controlnet.conv_in(sample)
+            filter_residual = self.kernel_filter(z_in1, kernels.to(sample.dtype))
+            down_res, mid_res = self.controlnet(
+                sample,
+                timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                controlnet_cond=filter_residual,
+                conditioning_scale=conditioning_scale,
+                return_dict=False,
+            )
+        if not return_dict:
+            return kernels, predicted_timestep, down_res, mid_res
+        return KernelControlNetOutput(
+            kernels=kernels,
+            predicted_timestep=predicted_timestep,
+            down_block_res_samples=down_res,
+            mid_block_res_sample=mid_res,
+        )

@@ -1,0 +1,487 @@
+"""FideDiff: one-step, high-fidelity motion deblurring with a Stable Diffusion UNet, as a diffusers pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from .image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
+from .modeling_kernel_controlnet import KernelControlNetModel
+from .modeling_prompt_embedding import FideDiffPromptEmbedding
+from .remote_code import write_remote_code
+from .tiling import gaussian_weights, iterate_tiles
+
+logger = logging.getLogger(__name__)
+
+# GoPro's test blur is 11 averaged frames: t = (11 - 1) * 20 = 200 (paper Sec. 3.4 and 5.1).
+DEFAULT_TIMESTEP = 200
+CUSTOM_COMPONENTS = ("prompt_embedding", "kernel_controlnet")
+_COMPONENT_CLASSES = {"prompt_embedding": FideDiffPromptEmbedding, "kernel_controlnet": KernelControlNetModel}
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> from fidediff_pipeline import FideDiffPipeline, DEFAULT_MODEL
+        >>> from PIL import Image
+
+        >>> pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)  # or a Hub id / folder
+        >>> blurry = Image.open("blurry.png")
+        >>> out = pipe(blurry, timestep="auto", upscale_factor=2)
+        >>> out.images[0].save("sharp.png")
+        >>> out.timesteps  # the blur level used, predicted by the Kernel ControlNet
+        [180]
+        ```
+"""
+
+
+@dataclass
+class FideDiffPipelineOutput(BaseOutput):
+    """
+    Output of [`FideDiffPipeline`].
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the restored images, each the size of its input.
+        timesteps (`list[int]`): the timestep ``t`` used for each image.
+        timestep_sources (`list[str]`): per image, ``"predicted"`` (t-regressor), ``"given"`` (by the caller) or
+            ``"default"`` (``timestep="auto"`` without a Kernel ControlNet: 200, GoPro's blur level).
+        predicted_timesteps (`list[float]` or `None`): the t-regressor's raw estimate, when a Kernel ControlNet ran.
+        kernels (`list[np.ndarray]` or `None`): with ``return_kernels=True``, per image the estimated per-pixel
+            kernels ``[m*m, H, W]`` (see `fidediff_pipeline.kernel_ops` for the layout).
+    """
+
+    images: Any
+    timesteps: list[int]
+    timestep_sources: list[str]
+    predicted_timesteps: list[float] | None = None
+    kernels: list[np.ndarray] | None = None
+
+
+def _resolve_hub_folder(name: str, revision=None, cache_dir=None, token=None, local_files_only=None) -> Path:
+    """A local folder as is; a Hub repo id downloaded with huggingface_hub, or a clear error that says why not."""
+    path = Path(os.path.expanduser(str(name)))
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path} is a folder but has no model_index.json; pass a folder made by save_pretrained")
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                str(name), revision=revision, cache_dir=cache_dir, token=token, local_files_only=bool(local_files_only)
+            )
+        )
+    except Exception as err:  # every hub failure becomes one readable message
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise ValueError(
+            f"could not load {name!r}: it is not a local folder, and the Hugging Face Hub could not provide it "
+            f"({reason}). If the model is on disk, pass the folder that holds model_index.json, e.g. "
+            f"FideDiffPipeline.from_pretrained('/path/to/model'); offline, download it first on a connected machine "
+            f"with `huggingface-cli download {name} --local-dir <folder>`."
+        ) from None
+
+
+class FideDiffPipeline(DiffusionPipeline):
+    r"""
+    One-step motion deblurring with FideDiff (blur level as the diffusion timestep, a consistency-trained UNet and
+    an optional Kernel ControlNet).
+
+    The blurry image is encoded to ``z_t``; one UNet call predicts ``eps``; the sharp latent is
+    ``z0 = (z_t - sqrt(1 - a_t) * eps) / sqrt(a_t)`` with the scheduler's own ``alphas_cumprod`` (paper eq. 3, 8).
+
+    Args:
+        vae ([`AutoencoderKL`]): the image autoencoder.
+        unet ([`UNet2DConditionModel`]): epsilon-prediction UNet.
+        scheduler ([`DDPMScheduler`] or any scheduler with ``alphas_cumprod``): the noise schedule.
+        prompt_embedding ([`FideDiffPromptEmbedding`]): the learned text embedding ``c``.
+        kernel_controlnet ([`KernelControlNetModel`], *optional*): kernels, t-prediction and ControlNet residuals;
+            ``None`` gives the base model.
+    """
+
+    model_cpu_offload_seq = "prompt_embedding->kernel_controlnet->vae->unet"
+    _optional_components = ["kernel_controlnet"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        scheduler: DDPMScheduler,
+        prompt_embedding: FideDiffPromptEmbedding,
+        kernel_controlnet: KernelControlNetModel | None = None,
+    ):
+        super().__init__()
+        prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+        if prediction_type != "epsilon":
+            raise ValueError(f"FideDiff needs an epsilon-prediction model; the scheduler says {prediction_type!r}")
+        self.register_modules(
+            vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=prompt_embedding, kernel_controlnet=kernel_controlnet
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        r"""
+        Load a FideDiff pipeline from a folder made by `save_pretrained` or a Hub repo id.
+
+        Components can be replaced by passing them (e.g. ``kernel_controlnet=None`` for the base model only).
+        ``dtype`` (or the older ``torch_dtype``) sets the weights' dtype. Offline, a Hub id fails at once with a
+        message that says how to pass a local folder.
+        """
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        hub_kwargs = {k: kwargs.pop(k, None) for k in ("revision", "cache_dir", "token", "local_files_only")}
+        variant = kwargs.pop("variant", None)
+        folder = _resolve_hub_folder(str(pretrained_model_name_or_path), **hub_kwargs)
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        components: dict[str, Any] = {}
+        for name in ("vae", "unet", "scheduler", "prompt_embedding", "kernel_controlnet"):
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+                continue
+            entry = index.get(name)
+            if entry is None or entry[0] is None:
+                if name not in cls._optional_components:
+                    raise ValueError(f"{folder}/model_index.json has no {name!r} component; is this a FideDiff model?")
+                components[name] = None
+                continue
+            components[name] = cls._load_component(folder, name, entry[1], dtype, variant)
+        if kwargs:
+            raise TypeError(f"unexpected arguments to FideDiffPipeline.from_pretrained: {', '.join(sorted(kwargs))}")
+        pipe = cls(**components)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
+
+    @staticmethod
+    def _load_component(folder: Path, name: str, class_name: str, dtype, variant):
+        import diffusers
+
+        if name == "scheduler":
+            scheduler_class = getattr(diffusers, class_name, DDPMScheduler)
+            return scheduler_class.from_pretrained(folder, subfolder=name)
+        model_class = _COMPONENT_CLASSES.get(name) or getattr(diffusers, class_name)
+        load_kwargs = {"subfolder": name, "use_safetensors": True, "variant": variant}
+        if dtype is not None:
+            load_kwargs["torch_dtype"] = dtype
+        return model_class.from_pretrained(folder, **load_kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
+        """Save as safetensors (only), with the code files that let the folder load via ``trust_remote_code``."""
+        if not safe_serialization:
+            raise ValueError("FideDiff saves weights as safetensors only (safe_serialization=False is not supported)")
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_keys = ("repo_id", "token", "private", "commit_message", "create_pr")
+        hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
+        super().save_pretrained(save_directory, safe_serialization=True, push_to_hub=False, **kwargs)
+        kwargs = hub_kwargs
+        write_remote_code(self, save_directory, CUSTOM_COMPONENTS)
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = kwargs.pop("repo_id", None) or Path(save_directory).name
+            token, private = kwargs.pop("token", None), kwargs.pop("private", None)
+            repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+            upload_folder(repo_id=repo_id, folder_path=save_directory, token=token,
+                          commit_message=kwargs.pop("commit_message", "Upload FideDiff pipeline"))
+
+    @classmethod
+    def from_stable_diffusion(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike = "stabilityai/stable-diffusion-2-1-base",
+        with_kernel_controlnet: bool = True,
+        kernel_size: int = 19,
+        init_prompt: str | None = "",
+        dtype: torch.dtype | None = None,
+        **hub_kwargs,
+    ) -> "FideDiffPipeline":
+        r"""
+        Start a FideDiff model from a Stable Diffusion (2.1-base) repo id or folder: its VAE, UNet and schedule,
+        a learned embedding initialised from the text encoder's embedding of ``init_prompt`` (when the repo has a
+        text encoder and ``transformers`` is installed; zeros otherwise), and a Kernel ControlNet copied from the UNet.
+        """
+        path = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            try:
+                path = Path(snapshot_download(str(pretrained_model_name_or_path), allow_patterns=[
+                    "model_index.json", "vae/*", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*"], **hub_kwargs))
+            except Exception as err:
+                raise ValueError(
+                    f"could not load Stable Diffusion {pretrained_model_name_or_path!r}: not a local folder, and the Hub "
+                    f"could not provide it ({type(err).__name__}). Pass a local folder with vae/, unet/ and scheduler/."
+                ) from None
+        for sub in ("vae", "unet", "scheduler"):
+            if not (path / sub).is_dir():
+                raise ValueError(f"{path} has no {sub}/ folder: a Stable Diffusion folder needs vae/, unet/ and scheduler/")
+        load = {"torch_dtype": dtype} if dtype is not None else {}
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **load)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load)
+        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        embedding = FideDiffPromptEmbedding(num_tokens=77, embedding_dim=unet.config.cross_attention_dim)
+        if init_prompt is not None:
+            initial = _encode_prompt_if_possible(path, init_prompt)
+            if initial is not None and initial.shape[-1] == unet.config.cross_attention_dim:
+                embedding = FideDiffPromptEmbedding(num_tokens=initial.shape[1], embedding_dim=initial.shape[2])
+                embedding.set_embedding(initial)
+            else:
+                logger.warning("no usable text encoder in %s: the learned embedding starts at zeros", path)
+        embedding = embedding.to(dtype=unet.dtype)
+        kcn = KernelControlNetModel.from_unet(unet, kernel_size=kernel_size) if with_kernel_controlnet else None
+        return cls(vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=embedding, kernel_controlnet=kcn)
+
+    # ------------------------------------------------------------------ inference
+    def _validate_timesteps(self, timestep, batch_size: int) -> list[int | None]:
+        num_train = int(self.scheduler.config.num_train_timesteps)
+        values = timestep if isinstance(timestep, (list, tuple)) else [timestep] * batch_size
+        if len(values) != batch_size:
+            raise ValueError(f"got {len(values)} timesteps for {batch_size} images; pass one per image, one int, or 'auto'")
+        resolved: list[int | None] = []
+        for value in values:
+            if isinstance(value, str):
+                if value != "auto":
+                    raise ValueError(f"timestep must be 'auto' or an int in [0, {num_train - 1}]; got {value!r}")
+                resolved.append(None)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise ValueError(f"timestep must be 'auto' or an int in [0, {num_train - 1}]; got {value!r}")
+            if not 0 <= int(value) < num_train:
+                raise ValueError(f"timestep {int(value)} is outside [0, {num_train - 1}]")
+            resolved.append(int(value))
+        return resolved
+
+    def _default_tile_size(self) -> int:
+        return max(int(self.unet.config.sample_size), 32) * 3 // 2
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        timestep: str | int | list[int] = "auto",
+        upscale_factor: int = 2,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        return_kernels: bool = False,
+        tiling: bool | str = "auto",
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        conditioning_scale: float = 1.0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        r"""
+        Deblur one image or a batch in one UNet evaluation each.
+
+        Args:
+            image: a PIL image, numpy array (``HxW``/``HxWxC``, uint8 or float in ``[0, 1]``), tensor (``[C,H,W]`` or
+                ``[B,C,H,W]`` in ``[0, 1]``), file path, or a list of these. Gray and RGBA become RGB.
+            timestep: ``"auto"`` (the t-regressor; without a Kernel ControlNet the default 200), an int in
+                ``[0, 999]``, or a list with one entry per image. ``t = (n - 1) * 20`` for ``n`` averaged frames.
+            upscale_factor: 2 upsamples the input 2x before the VAE (the paper's ``d = 4``); 1 is the plain
+                ``d = 8`` path (faster, less detail). It must divide the VAE's factor.
+            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            return_kernels: also return the estimated per-pixel kernels (needs a Kernel ControlNet).
+            tiling: ``"auto"`` tiles latents larger than ``tile_size`` (and the VAE); ``True`` / ``False`` force it.
+            tile_size, tile_overlap: latent tile size and overlap (in latent pixels; default 1.5x the UNet's
+                ``sample_size`` and a quarter of the tile). Tiles are blended with Gaussian weights.
+            conditioning_scale: scale of the Kernel ControlNet residuals.
+            max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
+
+        Returns:
+            [`FideDiffPipelineOutput`] or a tuple ``(images, timesteps)``.
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt'; got {output_type!r}")
+        if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, np.integer)) or upscale_factor < 1 \
+                or self.vae_scale_factor % int(upscale_factor) != 0:
+            raise ValueError(
+                f"upscale_factor must be a positive int that divides the VAE factor {self.vae_scale_factor} "
+                f"(2 is the paper's d = 4, 1 is d = 8); got {upscale_factor!r}"
+            )
+        if tiling not in ("auto", True, False):
+            raise ValueError(f"tiling must be 'auto', True or False; got {tiling!r}")
+        if return_kernels and self.kernel_controlnet is None:
+            raise ValueError("return_kernels=True needs a Kernel ControlNet; this pipeline is the base model only")
+        tile = int(tile_size or self._default_tile_size())
+        overlap = int(tile_overlap if tile_overlap is not None else tile // 4)
+        if tile < 8 or not 0 <= overlap < tile:
+            raise ValueError(f"tile_size must be >= 8 and 0 <= tile_overlap < tile_size; got {tile}, {overlap}")
+
+        images = prepare_images(image, max_pixels=max_pixels)
+        requested = self._validate_timesteps(timestep, len(images))
+
+        outputs, used, sources, predicted, kernels_out = [], [], [], [], []
+        for img, t_req in zip(images, requested):
+            result = self._restore_one(img, t_req, int(upscale_factor), tiling, tile, overlap, conditioning_scale, return_kernels)
+            outputs.append(result["image"])
+            used.append(result["timestep"])
+            sources.append(result["source"])
+            predicted.append(result["predicted"])
+            kernels_out.append(result["kernels"])
+        self.maybe_free_model_hooks()
+
+        images_out = postprocess(outputs, output_type)
+        if not return_dict:
+            return images_out, used
+        return FideDiffPipelineOutput(
+            images=images_out,
+            timesteps=used,
+            timestep_sources=sources,
+            predicted_timesteps=predicted if self.kernel_controlnet is not None else None,
+            kernels=kernels_out if return_kernels else None,
+        )
+
+    def _restore_one(self, image, t_req, upscale, tiling, tile, overlap, conditioning_scale, return_kernels) -> dict:
+        device = self._execution_device
+        dtype = self.unet.dtype
+        height, width = image.shape[-2:]
+        # The padded size must map to whole latents: (H * upscale) % vae_factor == 0.
+        multiple = self.vae_scale_factor // upscale
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        x = image[None].to(device=device, dtype=torch.float32) * 2.0 - 1.0
+        if pad_h or pad_w:
+            mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        latent_h, latent_w = x.shape[-2] * upscale // self.vae_scale_factor, x.shape[-1] * upscale // self.vae_scale_factor
+        use_tiling = tiling is True or (tiling == "auto" and max(latent_h, latent_w) > tile)
+        x = x.to(dtype)
+
+        kcn = self.kernel_controlnet
+        kernels, predicted = None, None
+        if kcn is not None:
+            if use_tiling:
+                predicted = self._predict_timestep_tiled(x, tile * self.vae_scale_factor // upscale)
+            else:
+                kout = kcn(image=x)
+                kernels, predicted = kout.kernels, float(kout.predicted_timestep[0])
+        if t_req is not None:
+            t, source = t_req, "given"
+        elif predicted is not None:
+            t, source = int(round(min(max(predicted, 0.0), self.scheduler.config.num_train_timesteps - 1))), "predicted"
+        else:
+            t, source = DEFAULT_TIMESTEP, "default"
+
+        x_up = F.interpolate(x, scale_factor=upscale, mode="bicubic", align_corners=False).clamp(-1, 1) if upscale > 1 else x
+        with self._vae_tiling(use_tiling):
+            z_t = self.vae.encode(x_up).latent_dist.mode() * self.vae.config.scaling_factor
+        encoder_hidden_states = self.prompt_embedding(batch_size=1).to(device=device, dtype=dtype)
+        t_tensor = torch.tensor([t], device=device, dtype=torch.long)
+        if use_tiling:
+            eps, kernels = self._predict_noise_tiled(z_t, x, t_tensor, encoder_hidden_states, tile, overlap,
+                                                     upscale, conditioning_scale, return_kernels)
+        else:
+            eps = self._predict_noise(z_t, t_tensor, encoder_hidden_states, kernels, conditioning_scale)
+
+        alpha = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)[t]
+        z0 = (z_t.float() - (1 - alpha).sqrt() * eps.float()) / alpha.sqrt()
+        with self._vae_tiling(use_tiling):
+            decoded = self.vae.decode((z0 / self.vae.config.scaling_factor).to(dtype)).sample
+        if upscale > 1:
+            decoded = F.interpolate(decoded.float(), size=x.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
+        restored = ((decoded.float()[0, :, :height, :width] + 1.0) / 2.0).clamp(0, 1).cpu()
+        kernels_np = None
+        if return_kernels and kernels is not None:
+            kernels_np = kernels[0, :, :height, :width].float().cpu().numpy()
+        return {"image": restored, "timestep": t, "source": source, "predicted": predicted, "kernels": kernels_np}
+
+    def _predict_noise(self, z_t, t, encoder_hidden_states, kernels, conditioning_scale) -> torch.Tensor:
+        down_res, mid_res = None, None
+        if self.kernel_controlnet is not None:
+            kout = self.kernel_controlnet(
+                sample=z_t, timestep=t, encoder_hidden_states=encoder_hidden_states, kernels=kernels,
+                conditioning_scale=conditioning_scale,
+            )
+            down_res, mid_res = kout.down_block_res_samples, kout.mid_block_res_sample
+        return self.unet(
+            z_t, t, encoder_hidden_states=encoder_hidden_states,
+            down_block_additional_residuals=down_res, mid_block_additional_residual=mid_res,
+        ).sample
+
+    def _predict_timestep_tiled(self, x: torch.Tensor, image_tile: int) -> float:
+        """t-prediction on image tiles, averaged by tile area (bounded memory for any image size)."""
+        total, weight = 0.0, 0.0
+        for y0, y1, x0, x1 in iterate_tiles(x.shape[-2], x.shape[-1], image_tile, 0):
+            t_tile = self.kernel_controlnet(image=x[..., y0:y1, x0:x1]).predicted_timestep
+            area = (y1 - y0) * (x1 - x0)
+            total += float(t_tile[0]) * area
+            weight += area
+        return total / weight
+
+    def _predict_noise_tiled(self, z_t, x, t, encoder_hidden_states, tile, overlap, upscale, conditioning_scale,
+                             return_kernels):
+        """UNet (+ Kernel ControlNet) on overlapping latent tiles, blended with Gaussian weights."""
+        eps_sum = torch.zeros_like(z_t, dtype=torch.float32)
+        weight_sum = torch.zeros_like(z_t[:, :1], dtype=torch.float32)
+        kcn = self.kernel_controlnet
+        pixels_per_latent = self.vae_scale_factor // upscale
+        margin = 4 * pixels_per_latent  # context for the kernel estimator at the tile border
+        kernel_map = kernel_weight = None
+        if return_kernels and kcn is not None:
+            kernel_map = torch.zeros(1, kcn.config.kernel_size ** 2, *x.shape[-2:], dtype=torch.float32)
+            kernel_weight = torch.zeros(1, 1, *x.shape[-2:], dtype=torch.float32)
+        for y0, y1, x0, x1 in iterate_tiles(z_t.shape[-2], z_t.shape[-1], tile, overlap):
+            z_tile = z_t[..., y0:y1, x0:x1]
+            kernels = None
+            if kcn is not None:
+                iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in (y0, y1, x0, x1))
+                cy0, cx0 = max(iy0 - margin, 0), max(ix0 - margin, 0)
+                cy1, cx1 = min(iy1 + margin, x.shape[-2]), min(ix1 + margin, x.shape[-1])
+                kernels = kcn(image=x[..., cy0:cy1, cx0:cx1]).kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
+                if kernel_map is not None:
+                    w_img = gaussian_weights(iy1 - iy0, ix1 - ix0)
+                    kernel_map[..., iy0:iy1, ix0:ix1] += kernels.float().cpu() * w_img
+                    kernel_weight[..., iy0:iy1, ix0:ix1] += w_img
+            eps = self._predict_noise(z_tile, t, encoder_hidden_states, kernels, conditioning_scale)
+            w = gaussian_weights(y1 - y0, x1 - x0, device=z_t.device)
+            eps_sum[..., y0:y1, x0:x1] += eps.float() * w
+            weight_sum[..., y0:y1, x0:x1] += w
+        full_kernels = kernel_map / kernel_weight if kernel_map is not None else None
+        return eps_sum / weight_sum, full_kernels
+
+    class _TilingSwitch:
+        def __init__(self, vae, enabled: bool):
+            self.vae, self.enabled, self.previous = vae, enabled, getattr(vae, "use_tiling", False)
+
+        def __enter__(self):
+            if self.enabled:
+                self.vae.use_tiling = True
+
+        def __exit__(self, *exc):
+            self.vae.use_tiling = self.previous
+
+    def _vae_tiling(self, enabled: bool):
+        """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards."""
+        return self._TilingSwitch(self.vae, enabled)
+
+
+def _encode_prompt_if_possible(folder: Path, prompt: str) -> torch.Tensor | None:
+    if not ((folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
+        return None
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError:
+        return None
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return text_encoder(ids)[0].float()
+
+
+FideDiffPipeline.__call__.__doc__ = (FideDiffPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING
