@@ -119,41 +119,20 @@ def default_timestep(dataset: str) -> str | int:
     return DEFAULT_TIMESTEPS.get(dataset, "auto")
 
 
-def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` if available, else ``"mps"`` if available, else ``"cpu"``."""
-    if device and device != "auto":
-        return device
-    import torch
+def load_pipeline(model: str | None = None, device: str | None = "auto", dtype: str = "float32"):
+    """Load the pipeline to evaluate: :func:`fidediff_pipeline.loading.load_pipeline` (folder or Hub id, default
+    ``$FIDEDIFF_MODEL`` or the bundled tiny checkpoint), with the pipeline's own progress bar off.
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str = "float32"):
-    """Load a FideDiff pipeline from a Hub id or a local folder (default: the bundled tiny checkpoint).
-
-    The pipeline is imported lazily so metrics and data loaders work without diffusers.
+    Imported lazily, so metrics and data loaders work without diffusers.
 
     Example:
         >>> pipe = load_pipeline("my-org/fidediff", device="cuda", dtype="float16")   # doctest: +SKIP
     """
-    import torch
+    from .loading import load_pipeline as _load
 
-    import fidediff_pipeline
-    from fidediff_pipeline import FideDiffPipeline
-
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype must be one of {', '.join(dtypes)}; got {dtype!r}")
-    if model is None:
-        model = str(fidediff_pipeline.DEFAULT_MODEL)
-    pipe = FideDiffPipeline.from_pretrained(model, dtype=dtypes[dtype])
-    pipe.to(device)
+    pipe = _load(model, device, dtype)
     if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)  # one step: our own bar counts images
+        pipe.set_progress_bar_config(disable=True)  # one step per image: our own bar counts images
     return pipe
 
 
@@ -209,9 +188,12 @@ def _output_images(output) -> list[np.ndarray]:
     return list(images)
 
 
-def restore_batch(restorer, images: Sequence[np.ndarray], timestep, upscale_factor: int):
-    """Run the restorer on a batch; return ``(restored uint8 list, timesteps list, sources list)``."""
-    output = restorer(list(images), timestep=timestep, upscale_factor=upscale_factor, output_type="np")
+def restore_batch(restorer, images: Sequence[np.ndarray], timestep, upscale_factor: int, **pipeline_kwargs):
+    """Run the restorer on a batch; return ``(restored uint8 list, timesteps list, sources list)``.
+
+    ``pipeline_kwargs`` (e.g. ``tile_size``) are passed on to the pipeline call.
+    """
+    output = restorer(list(images), timestep=timestep, upscale_factor=upscale_factor, output_type="np", **pipeline_kwargs)
     restored = [as_uint8_rgb(image) for image in _output_images(output)]
     if len(restored) != len(images):
         raise ValueError(f"the pipeline returned {len(restored)} images for a batch of {len(images)}")
@@ -272,7 +254,8 @@ def _check_settings(output_dir: Path, fingerprint: dict) -> None:
     path = output_dir / SETTINGS_JSON
     if path.is_file():
         previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in fingerprint.items() if k in previous and previous[k] != v}
+        keys = sorted(set(previous) | set(fingerprint))
+        changed = {k: (previous.get(k), fingerprint.get(k)) for k in keys if previous.get(k) != fingerprint.get(k)}
         if changed:
             details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
             raise ValueError(
@@ -302,6 +285,7 @@ def evaluate(
     limit: int | None = None,
     settings: Mapping | None = None,
     progress: bool = True,
+    pipeline_kwargs: Mapping | None = None,
 ) -> dict:
     """Restore every pair, measure it, and write ``per_image.csv``, ``summary.json`` and ``summary.md``.
 
@@ -320,6 +304,7 @@ def evaluate(
         limit: only the first ``limit`` pairs (the summary then says it is a subset).
         settings: extra settings recorded in the summary (model, device, dtype, ...). Those that change
             results (everything but ``device`` / ``batch_size``) must match when resuming.
+        pipeline_kwargs: extra keyword arguments of the pipeline call (e.g. ``{"tile_size": 96}``).
 
     Returns:
         The summary dict written to ``summary.json``.
@@ -345,6 +330,7 @@ def evaluate(
         "timestep": timestep,
         "upscale_factor": upscale_factor,
         **{k: v for k, v in settings.items() if k not in ("device", "batch_size", "progress")},
+        **({"pipeline_kwargs": dict(pipeline_kwargs)} if pipeline_kwargs else {}),
     }
     _check_settings(output_dir, _json_safe(fingerprint))
 
@@ -365,7 +351,7 @@ def evaluate(
             batch = todo[start : start + batch_size]
             blurry = [load_rgb(p.blurry) for p in batch]
             began = time.perf_counter()
-            restored, timesteps, sources = restore_batch(restorer, blurry, timestep, upscale_factor)
+            restored, timesteps, sources = restore_batch(restorer, blurry, timestep, upscale_factor, **(pipeline_kwargs or {}))
             seconds = (time.perf_counter() - began) / len(batch)
             with csv_path.open("a", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -389,3 +389,37 @@ def test_eval_command_argument_errors(tmp_path):
     assert args.timestep is None and args.lpips_net == "alex" and args.upscale_factor == 2
     with pytest.raises(FileNotFoundError, match="missing"):
         args.func(args)
+
+
+def test_cli_main_eval_end_to_end_on_tiny_pipeline(tiny_pipeline_folder, tmp_path, monkeypatch, capsys):
+    """`fidediff eval` through the real entry point and a saved tiny random FideDiffPipeline."""
+    from fidediff_pipeline import cli
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no LPIPS backbone: reported, not fatal
+    root = tmp_path / "set"
+    for i in range(2):
+        _save(root / "blurry" / f"img{i}.png", _blur(_sharp(i))[:32, :24])
+        _save(root / "sharp" / f"img{i}.png", _sharp(i)[:32, :24])
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_pipeline_folder), "--dataset", "paired", "--root", str(root),
+            "--output", str(out), "--device", "cpu", "--upscale-factor", "1", "--no-dists", "--no-progress",
+            "--save-images", "--batch-size", "2"]
+    assert cli.main(argv) == 0
+    rows = _read_csv(out / "per_image.csv")
+    assert [r["name"] for r in rows] == ["img0.png", "img1.png"]
+    for row in rows:
+        restored = np.asarray(Image.open(out / "images" / row["name"]))
+        sharp = np.asarray(Image.open(root / "sharp" / row["name"]))
+        assert restored.shape == (32, 24, 3)
+        assert float(row["psnr"]) == pytest.approx(psnr(restored, sharp), abs=1e-12)
+        assert row["timestep_source"] == "predicted" and 0 <= int(row["timestep"]) <= 999
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timesteps"]["requested"] == "auto" and summary["num_images"] == 2
+    assert "alexnet" in summary["unavailable"]["lpips"]
+
+    assert cli.main(argv) == 0  # resumed: nothing left to do, same figures
+    assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
+
+    capsys.readouterr()
+    assert cli.main(["eval", "--dataset", "hide", "--root", str(tmp_path / "nope"), "--output", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """Metrics against their reference implementations, RealBlur alignment, offline weight handling."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -148,7 +150,9 @@ def _write_fake_alexnet_cache(checkpoints, seed=0):
     import lpips
 
     torch.manual_seed(seed)
-    reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=`
+        warnings.simplefilter("ignore", UserWarning)
+        reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
     state = {}
     for i in range(1, reference.net.N_slices + 1):
         for index, module in getattr(reference.net, f"slice{i}").named_children():

@@ -10,6 +10,12 @@ Examples::
 Writes ``per_image.csv``, ``summary.json``, ``summary.md`` and ``paper_comparison.md`` (or, with
 ``--sweep-timesteps``, one such folder per timestep plus ``sweep.json``, ``sweep.md`` and ``sweep.png``).
 A second run with the same ``--output`` resumes: images already measured are not restored again.
+
+Protocols: GoPro/HIDE/paired report PSNR and the MATLAB-style 3-D SSIM (``ssim_matlab3d``, what the
+GoPro/HIDE script computes; ``ssim_skimage`` is in the CSV too); RealBlur reports the RealBlur authors'
+ECC-aligned PSNR/SSIM. Default timestep: 200 for GoPro/HIDE, ``auto`` (t-prediction) for RealBlur and
+paired folders, as in the paper. LPIPS/DISTS weights are read from local files; a missing one makes that
+metric "unavailable" (with the reason) and the rest still run.
 """
 
 from __future__ import annotations
@@ -20,13 +26,7 @@ from pathlib import Path
 
 from .. import evaluation
 from ..eval_sets import DATASETS, load_eval_set
-
-
-def _timestep_arg(value: str):
-    try:
-        return evaluation.parse_timestep(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+from .deblur import add_model_arguments
 
 
 def _positive_int(value: str) -> int:
@@ -44,26 +44,22 @@ def register(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="Hub id or local folder (default: the bundled tiny checkpoint)")
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="test-set layout under --root")
-    parser.add_argument("--root", required=True, help="folder of the test set (see fidediff_pipeline/eval_sets.py)")
+    parser.add_argument("--root", required=True, help="folder of the test set (layouts: fidediff_pipeline/eval_sets.py)")
     parser.add_argument("--output", required=True, help="folder for the CSV, JSON and Markdown (resumable)")
-    parser.add_argument(
-        "--timestep",
-        type=_timestep_arg,
-        default=None,
-        help="'auto' (t-prediction) or an int in [0, 999]; default: the paper's, 200 for gopro/hide, auto otherwise",
-    )
-    parser.add_argument("--upscale-factor", type=int, choices=(1, 2), default=2, help="2 = the paper's d=4, 1 = d=8")
+    # --model, --device, --dtype, --timestep, --upscale-factor, --tile-size: shared with `fidediff deblur`.
+    add_model_arguments(parser)
+    for action in parser._actions:  # eval's timestep default depends on the dataset (paper Sec. 5.1)
+        if action.dest == "timestep":
+            action.default = None
+            action.help = "'auto' (t-prediction) or an int in [0, 999]; default: the paper's, 200 for gopro/hide, auto otherwise"
     parser.add_argument("--save-images", action="store_true", help="write restored images to <output>/images/")
     parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N pairs (a subset)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1)
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, cpu, ...")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per pipeline call")
     parser.add_argument(
         "--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS backbone (the paper does not say; alex is the default)"
     )
-    parser.add_argument("--dists-weights", default=None, help="DISTS alpha/beta file (the authors' weights.pt)")
+    parser.add_argument("--dists-weights", default=None, help="DISTS alpha/beta file (the DISTS authors' weights.pt)")
     parser.add_argument("--no-dists", action="store_true", help="skip DISTS")
     parser.add_argument(
         "--sweep-timesteps",
@@ -80,26 +76,23 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fidediff eval``; returns the exit code. Errors are ValueError / FileNotFoundError with clear text."""
+    from ..loading import default_model, resolve_device
     from ..metrics import build_perceptual_metrics
 
-    # Cheap checks first: a wrong root fails before any model is loaded.
+    # Cheap checks first: a wrong root fails before any model or metric network is loaded.
     pairs = load_eval_set(args.dataset, args.root)
-    device = evaluation.resolve_device(args.device)
+    device = str(resolve_device(args.device))
     perceptual, unavailable = build_perceptual_metrics(
         lpips_net=args.lpips_net, dists=not args.no_dists, device=device, dists_weights=args.dists_weights
     )
     for name, reason in unavailable.items():
         print(f"warning: {name.upper()} unavailable: {reason}", file=sys.stderr)
 
-    model_name = args.model
-    if model_name is None:
-        import fidediff_pipeline
-
-        model_name = str(fidediff_pipeline.DEFAULT_MODEL)
-    pipe = evaluation.load_pipeline(model_name, device=device, dtype=args.dtype)
+    model = args.model or default_model()
+    pipe = evaluation.load_pipeline(model, device, args.dtype)
 
     settings = {
-        "model": model_name,
+        "model": model,
         "root": str(Path(args.root).resolve()),
         "dtype": args.dtype,
         "lpips_net": args.lpips_net,
@@ -114,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         settings=settings,
         progress=not args.no_progress,
+        pipeline_kwargs={"tile_size": args.tile_size} if args.tile_size else None,
     )
     output = Path(args.output)
     if args.sweep_timesteps:
