@@ -536,9 +536,18 @@ def summary_markdown(summary: Mapping) -> str:
     lines.append("")
     for key, value in summary["metric_variants"].items():
         lines.append(f"- {key}: {value}")
-    others = {k: v for k, v in summary["means"].items() if k not in summary["headline_columns"].values() and v is not None}
+    others = {
+        k: v
+        for k, v in summary["means"].items()
+        if k not in summary["headline_columns"].values() and k not in ("seconds", "ecc_converged") and v is not None
+    }
     if others:
         lines.append("- Also measured (means): " + ", ".join(f"{k} {v:.4f}" for k, v in others.items()))
+    if summary["means"].get("ecc_converged") is not None:
+        lines.append(f"- ECC converged on {summary['means']['ecc_converged']:.1%} of the images (else identity warp).")
+    if summary.get("seconds_per_image") is not None:
+        device = summary.get("settings", {}).get("device", "")
+        lines.append(f"- Mean pipeline time per image: {summary['seconds_per_image']:.3f} s {device}".rstrip() + ".")
     if summary["unavailable"]:
         lines.append("")
         lines.append("Unavailable metrics:")
@@ -606,8 +615,9 @@ def paper_comparison_table(summaries) -> str:
         )
         if "LPIPS" in summary.get("metric_variants", {}):
             note += f"; {summary['metric_variants']['LPIPS']}"
-        for name, reason in summary.get("unavailable", {}).items():
-            note += f"; {name.upper()} unavailable ({reason})"
+        if summary.get("unavailable"):
+            names = ", ".join(name.upper() for name in summary["unavailable"])
+            note += f"; not measured: {names} (unavailable; the reasons are in that run's summary.json)"
         notes.append(note)
     if notes:
         lines += ["", *notes]

@@ -310,7 +310,7 @@ def test_paper_comparison_table(tmp_path):
     assert "| GoPro | SSIM ↑ | 0.9148 | 0.9000 | -0.0148 | 1111/1111 |" in table
     assert "| GoPro | DISTS ↓ | 0.0525 |  |  | 1111/1111 |" in table
     assert "| HIDE | PSNR ↑ | 27.28 |  |  |  |" in table
-    assert "SSIM = ssim_matlab3d" in table and "DISTS unavailable (missing weights)" in table
+    assert "SSIM = ssim_matlab3d" in table and "not measured: DISTS (unavailable" in table
     assert "paired" not in table
 
     subset = paper_comparison_table(dict(gopro, num_images=10))
