@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "fidediff_pipeline.commands.deblur",
     "fidediff_pipeline.commands.data",
+    "fidediff_pipeline.commands.eval",
 ]
 
 

@@ -22,13 +22,15 @@ def parse_timestep(value: str):
     return t
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+TIMESTEP_HELP = "'auto' (predicted blur level) or an int in [0, 999]; t = (frames - 1) * 20"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto", timestep_help: str = TIMESTEP_HELP) -> None:
     """Flags shared by every command that runs the pipeline."""
     parser.add_argument("--model", default=None, help="folder or Hub id (default: $FIDEDIFF_MODEL, else the bundled tiny model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
-    parser.add_argument("--timestep", type=parse_timestep, default="auto",
-                        help="'auto' (predicted blur level) or an int in [0, 999]; t = (frames - 1) * 20")
+    parser.add_argument("--timestep", type=parse_timestep, default=timestep_default, help=timestep_help)
     parser.add_argument("--upscale-factor", type=int, default=2, choices=[1, 2],
                         help="2: upsample 2x before the VAE (paper's d=4, default); 1: d=8, faster")
     parser.add_argument("--tile-size", type=int, default=None, help="latent tile size for large images (default: automatic)")
