@@ -189,15 +189,18 @@ def summary_line(r: dict) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    lines = ["| preset | size | d | KCN | dtype | compile | channels-last | attention | median s/img | min-max | peak mem GiB | pipeline / components |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | size | d | KCN | dtype | t | tiling | compile | channels-last | attention | median s/img | min-max | peak mem GiB | pipeline / components |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        head = (f"| {r['preset']} | {r['width']}x{r['height']} | {r['d']} | {'yes' if r['kernel_controlnet'] else 'no'} | "
+                f"{r['dtype']} | {r.get('timestep', 200)} | {r.get('tiling', 'off')} | {'on' if r['compile'] else 'off'} | "
+                f"{'on' if r['channels_last'] else 'off'} | {r['attention']} |")
         if "error" in r:
-            lines.append(f"| {r['preset']} | {r['width']}x{r['height']} | {r['d']} | {r['kernel_controlnet']} | {r['dtype']} | {r['compile']} | {r['channels_last']} | {r['attention']} | {r['error']} | | | |")
+            lines.append(f"{head} {r['error'].split('. ')[0]} | | | |")
             continue
         mem = r.get("peak_cuda_allocated_gib") or r.get("peak_rss_gib")
         p = r["pipeline"]
-        lines.append(f"| {r['preset']} | {r['width']}x{r['height']} | {r['d']} | {'yes' if r['kernel_controlnet'] else 'no'} | {r['dtype']} | {r['compile']} | {r['channels_last']} | {r['attention']} | {p['median_s']:.3f} | {p['min_s']:.3f}-{p['max_s']:.3f} | {mem:.2f} | {r['pipeline_over_components']:.2f} |")
+        lines.append(f"{head} {p['median_s']:.3f} | {p['min_s']:.3f}-{p['max_s']:.3f} | {mem:.2f} | {r['pipeline_over_components']:.2f} |")
     return "\n".join(lines)
 
 
@@ -218,7 +221,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--isolate", action="store_true", help="CPU: one child process per group, for a true peak RSS")
     parser.add_argument("--output", default="benchmarks/results/benchmark.json")
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                        help="print one Markdown table of earlier result files and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        records = [r for path in args.summarize for r in json.loads(Path(path).read_text())["results"]]
+        print(markdown_table(records))
+        return 0
     device = torch.device(args.device)
     dtypes = args.dtypes or (["bfloat16", "float16", "float32"] if device.type == "cuda" else ["float32"])
 
