@@ -12,6 +12,7 @@ import sys
 
 # Order is the order of ``fidediff --help``.
 COMMAND_MODULES = [
+    "fidediff_pipeline.commands.demo",
     "fidediff_pipeline.commands.deblur",
     "fidediff_pipeline.commands.data",
     "fidediff_pipeline.commands.eval",
