@@ -63,8 +63,10 @@ def test_loading_without_the_package_via_trust_remote_code(tiny_pipeline, tiny_p
         np.save({str(tmp_path / 'output.npy')!r}, out.images)
         print(type(pipe).__name__)
     """)
+    # Keep PYTHONPATH entries that hold other packages (e.g. diffusers on a device), drop those holding ours.
+    keep = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and not (Path(p) / "fidediff_pipeline").exists()]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH=os.pathsep.join(keep))
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FideDiffPipeline" in result.stdout
