@@ -27,6 +27,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from fidediff_pipeline import DEFAULT_MODEL
 from fidediff_pipeline.image_processing import load_image
 from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, sample_kernel_map, sample_kernels
 from fidediff_pipeline.loading import default_model, load_pipeline
@@ -38,8 +39,9 @@ ASSETS_DIR = APP_DIR / "assets"
 SPACE_CONFIG = APP_DIR / "space_config.json"
 
 MAX_PIXELS = int(os.environ.get("FIDEDIFF_MAX_PIXELS", 4_000_000))
-# Above the largest 4 MP PNG (about 12 MB for noisy 8-bit RGB); the server answers HTTP 413 beyond it.
-MAX_FILE_SIZE = "25mb"
+# Room for an uncompressed RGBA file of the largest accepted size (4 bytes a pixel), at least 25 MB; the server
+# answers HTTP 413 beyond it, before the app sees the upload.
+MAX_FILE_BYTES = max(25_000_000, 4 * MAX_PIXELS)
 QUEUE_MAX_SIZE = 16
 
 # ZeroGPU reservation per call: a fixed part (first-call CUDA set-up, VAE, kernel sampling) plus a part per megapixel;
@@ -77,7 +79,8 @@ def start_pipeline(model: str, device: str):
     """Load the model once at start-up; exit with one readable line when it cannot be found."""
     # float16 on CUDA halves memory and time; on the CPU half precision is much slower, so float32 there.
     dtype = os.environ.get("FIDEDIFF_DTYPE") or ("float16" if device == "cuda" else "float32")
-    if _looks_like_path(model) and not Path(model).expanduser().is_dir():
+    # (A missing bundled checkpoint gets loading's own message, which says how to build it.)
+    if model != DEFAULT_MODEL and _looks_like_path(model) and not Path(model).expanduser().is_dir():
         raise SystemExit(
             f"FideDiff demo: the model folder {model} does not exist. Set FIDEDIFF_MODEL to a folder made by "
             "FideDiffPipeline.save_pretrained or to a Hub repo id (e.g. FIDEDIFF_MODEL=user/fidediff)."
@@ -308,4 +311,4 @@ def build_demo() -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch(max_file_size=MAX_FILE_SIZE, allowed_paths=[str(ASSETS_DIR)])
+    demo.launch(max_file_size=MAX_FILE_BYTES, allowed_paths=[str(ASSETS_DIR)])

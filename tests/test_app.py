@@ -190,7 +190,8 @@ def test_export_space_folder_runs_on_its_own(tiny_pipeline_folder, tmp_path):
     out = tmp_path / "space"
     assert main(["export-space", "--out", str(out), "--model", str(tiny_pipeline_folder)]) == 0
     for name in ("app.py", "requirements.txt", "README.md", "space_config.json", "assets/clock_motion.png",
-                 "fidediff_pipeline/__init__.py", "model/model_index.json", "model/unet/config.json"):
+                 "fidediff_pipeline/__init__.py", "model/model_index.json", "model/unet/config.json",
+                 "model/README.md"):
         assert (out / name).is_file(), name
     assert not list(out.rglob("__pycache__")) and not (out / "fidediff_pipeline" / "checkpoints").exists()
     import yaml
@@ -244,3 +245,11 @@ def test_kernels_sampled_on_crops_match_the_full_map(tiny_pipeline):
     np.testing.assert_allclose(sample_kernels(tiny_pipeline, image, grid, crop=64), sample_kernel_map(full, grid), atol=1e-6)
     picture = draw_kernel_grid(image, sample_kernel_map(full, grid))
     assert max(picture.size) == 720 and picture.mode == "RGB"
+
+
+def test_missing_model_is_one_readable_line(tmp_path):
+    env = app_env(tmp_path / "no-such-model", tmp_path)
+    run = subprocess.run([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "no-such-model does not exist" in run.stderr and "FIDEDIFF_MODEL" in run.stderr
+    assert "Traceback" not in run.stderr

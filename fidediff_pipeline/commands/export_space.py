@@ -112,6 +112,10 @@ def export_space(out: str | Path, model: str | None = None, force: bool = False)
         shutil.rmtree(out / "model")
     if hub_model is None:
         shutil.copytree(model_folder, out / "model", ignore=_IGNORE)
+        if not (out / "model" / "README.md").is_file():  # the model travels with its card
+            from ..hub import write_model_card
+
+            write_model_card(out / "model", repo_id=model_folder.resolve().name)
         if _folder_size(out / "model") > LARGE_MODEL_BYTES:
             print(f"note: the model is {_folder_size(out / 'model') / 1e9:.1f} GB; consider `fidediff push` and "
                   "`export-space --model <repo id>` instead of copying it into the Space")
