@@ -429,7 +429,8 @@ def check_hub_access(token: str | None = None) -> str:
     return token
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
+    """Raise `HubError` unless ``repo_id`` is ``name`` or ``owner/name`` as the Hub spells them."""
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", repo_id or "") or "--" in repo_id or ".." in repo_id:
         raise HubError(f"{repo_id!r} is not a valid Hub repo id; use 'name' or 'owner/name' (letters, digits, - _ .)")
 
@@ -461,7 +462,7 @@ def push_pipeline_to_hub(
         'https://huggingface.co/me/fidediff'
     """
     token = check_hub_access(token)
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     summaries = _read_all(eval_results)  # a bad JSON fails here, before the upload
     if isinstance(pipe_or_folder, (str, os.PathLike)):
         folder = Path(pipe_or_folder)

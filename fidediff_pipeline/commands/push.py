@@ -30,13 +30,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..hub import _check_repo_id, push_pipeline_to_hub, write_model_card
+    from ..hub import check_repo_id, push_pipeline_to_hub, write_model_card
 
     folder = Path(args.model)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a saved pipeline (no model_index.json); make it with save_pretrained")
     if args.dry_run:
-        _check_repo_id(args.repo_id)
+        check_repo_id(args.repo_id)
         card = write_model_card(folder, args.repo_id, args.eval_json, license=args.license)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         size = sum(p.stat().st_size for p in files)
