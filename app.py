@@ -29,7 +29,7 @@ import torch
 
 from fidediff_pipeline import DEFAULT_MODEL
 from fidediff_pipeline.image_processing import load_image
-from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, sample_kernel_map, sample_kernels
+from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, sample_kernels
 from fidediff_pipeline.loading import default_model, load_pipeline
 
 logger = logging.getLogger("fidediff.app")
@@ -44,15 +44,14 @@ MAX_PIXELS = int(os.environ.get("FIDEDIFF_MAX_PIXELS", 4_000_000))
 MAX_FILE_BYTES = max(25_000_000, 4 * MAX_PIXELS)
 QUEUE_MAX_SIZE = 16
 
-# ZeroGPU reservation per call: a fixed part (first-call CUDA set-up, VAE, kernel sampling) plus a part per megapixel;
-# d = 4 runs the VAE and UNet on 4x the pixels of d = 8. Sized from the sd21-base shapes on an H100, x2 for a
-# ZeroGPU slice (half an H200), rounded up. Shorter reservations get a better place in ZeroGPU's queue.
+# ZeroGPU reservation per call: a fixed part (moving the weights to the lent GPU, CUDA set-up, the kernel grid) plus a
+# part per megapixel (d = 4 runs the VAE and UNet on 4x the pixels of d = 8). Measured with the sd21-base shapes in
+# float16 on an H100 (torch 2.11): about 2.1 s per MP at d = 4 and 0.75 s per MP at d = 8, warm (1.8 s and 0.5 s
+# for 1280x720, 8.3 s and 3.1 s for 2000x2000). A ZeroGPU slice (an H200 MIG 3g, 60 SMs against the H100's 132) is
+# taken as 2.2x slower, with 30 % margin; a call that overruns its reservation is killed, a shorter one queues sooner.
 GPU_SECONDS_BASE = 10
-GPU_SECONDS_PER_MEGAPIXEL = {2: 12.0, 1: 4.0}
+GPU_SECONDS_PER_MEGAPIXEL = {2: 6.0, 1: 2.5}
 GPU_SECONDS_MAX = 120
-# Up to this size the pipeline hands back its full kernel map (m*m floats per pixel: about 0.9 GB at 1 MP for
-# m = 15), which it computed anyway; larger images get their kernels sampled on small crops instead.
-KERNEL_MAP_MAX_PIXELS = 1_000_000
 
 AUTO, MANUAL = "auto (predicted by the model)", "manual"
 DETAIL_CHOICES = [("d = 4: input upsampled 2x, more detail", 2), ("d = 8: faster, less detail", 1)]
@@ -104,8 +103,8 @@ def gpu_duration(image: PIL.Image.Image, timestep: int | str, upscale_factor: in
     """Seconds of GPU that ZeroGPU reserves for one `restore` call; spaces calls it with `restore`'s arguments.
 
     Example:
-        >>> gpu_duration(PIL.Image.new("RGB", (1000, 1000)), "auto", 2)
-        22
+        >>> gpu_duration(PIL.Image.new("RGB", (2000, 2000)), "auto", 2)  # the 4 MP limit at d = 4
+        34
     """
     megapixels = image.width * image.height / 1e6
     seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_MEGAPIXEL[int(upscale_factor)] * megapixels
@@ -120,14 +119,10 @@ def restore(image: PIL.Image.Image, timestep: int | str, upscale_factor: int) ->
     function runs in another process.
     """
     start = time.perf_counter()
-    grid = grid_shape(image.height, image.width)
-    full_map = HAS_KERNELS and image.width * image.height <= KERNEL_MAP_MAX_PIXELS
-    out = pipe(image, timestep=timestep, upscale_factor=upscale_factor, max_pixels=MAX_PIXELS, return_kernels=full_map)
-    kernels = None
-    if full_map:
-        kernels = sample_kernel_map(out.kernels[0], grid)
-    elif HAS_KERNELS:  # a large image's full kernel map would be gigabytes: run the estimator on crops instead
-        kernels = sample_kernels(pipe, image, grid)
+    out = pipe(image, timestep=timestep, upscale_factor=upscale_factor, max_pixels=MAX_PIXELS)
+    # Not `return_kernels=True`: the full map is m*m floats per pixel (1.3 GB for 1280x720 at m = 19) and gathering
+    # it took 3 s of the 4.8 s of a 1280x720 call on an H100; the estimator on 48 small crops takes a fraction of that.
+    kernels = sample_kernels(pipe, image, grid_shape(image.height, image.width)) if HAS_KERNELS else None
     return {
         "image": out.images[0],
         "timestep": int(out.timesteps[0]),

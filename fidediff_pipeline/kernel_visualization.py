@@ -104,11 +104,12 @@ def sample_kernels(pipe, image, grid: tuple[int, int] | None = None, crop: int =
     picked = []
     for start in range(0, len(windows), batch_size):
         batch = torch.stack(windows[start:start + batch_size]).to(device=device, dtype=dtype)
-        kernels = kcn.kernel_estimator(batch).float().cpu()  # [b, m*m, crop_h, crop_w]
-        for k, (dy, dx) in zip(kernels, offsets[start:start + batch_size]):
-            picked.append(k[:, dy, dx])
+        kernels = kcn.kernel_estimator(batch)  # [b, m*m, crop_h, crop_w]
+        dy, dx = (torch.tensor(v, device=device) for v in zip(*offsets[start:start + batch_size]))
+        # Pick each window's kernel on the device: copying whole kernel maps to the CPU is what takes time.
+        picked.append(kernels[torch.arange(len(dy), device=device), :, dy, dx].float().cpu())
     m = kcn.config.kernel_size
-    return torch.stack(picked).reshape(len(ys), len(xs), m, m).numpy().astype(np.float32)
+    return torch.cat(picked).reshape(len(ys), len(xs), m, m).numpy().astype(np.float32)
 
 
 def _kernel_tile(kernel: np.ndarray, size: int, colour: tuple[int, int, int]) -> tuple[PIL.Image.Image, PIL.Image.Image]:

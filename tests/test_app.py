@@ -149,14 +149,6 @@ def test_gpu_function_arguments_and_results_pickle(app_module, tmp_path):
     np.testing.assert_allclose(kernels.sum(axis=(2, 3)), 1.0, atol=1e-4)
 
 
-def test_large_images_get_kernels_from_crops(app_module, monkeypatch, tmp_path):
-    """Above KERNEL_MAP_MAX_PIXELS the full kernel map is never built; the sampled grid has the same layout."""
-    monkeypatch.setattr(app_module, "KERNEL_MAP_MAX_PIXELS", 100)
-    image = Image.open(_blurry_image(tmp_path / "x.png", size=(40, 48)))
-    result = app_module.restore(image, 150, 1)
-    assert result["timestep"] == 150 and result["kernels"].shape[:2] == (8, 6)  # portrait: 8 rows, 6 columns
-
-
 def test_page_states_the_pixel_limit_and_examples_exist(app_module):
     assert f"{TEST_MAX_PIXELS / 1e6:g} megapixels" in app_module.DESCRIPTION
     from fidediff_pipeline.image_processing import load_image
@@ -253,3 +245,26 @@ def test_missing_model_is_one_readable_line(tmp_path):
     assert run.returncode != 0
     assert "no-such-model does not exist" in run.stderr and "FIDEDIFF_MODEL" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_kernels_sampled_on_small_crops_come_from_the_grid_points():
+    """Crops smaller than the image: each sampled kernel is the estimator's output at its own grid point."""
+    import types
+
+    import torch
+
+    from fidediff_pipeline.kernel_visualization import grid_centres, sample_kernels
+
+    class PositionEstimator(torch.nn.Module):  # "kernel" = the pixel value of channel 0, on every tap
+        def forward(self, x):
+            return x[:, :1].expand(-1, 9, -1, -1)
+
+    kcn = types.SimpleNamespace(kernel_estimator=PositionEstimator(), device=torch.device("cpu"), dtype=torch.float32,
+                                config=types.SimpleNamespace(kernel_size=3))
+    height, width = 90, 130
+    ids = np.arange(height * width, dtype=np.float64).reshape(height, width) / (height * width)  # unique per pixel
+    image = torch.from_numpy(np.stack([ids] * 3)).float()
+    kernels = sample_kernels(types.SimpleNamespace(kernel_controlnet=kcn), image, (6, 8), crop=24)
+    ys, xs = grid_centres(height, width, (6, 8))
+    expected = (image[0, ys[:, None], xs[None, :]] * 2 - 1).numpy()
+    np.testing.assert_allclose(kernels[:, :, 1, 1], expected, atol=1e-6)
