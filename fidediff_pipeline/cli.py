@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "fidediff_pipeline.commands.deblur",
     "fidediff_pipeline.commands.data",
     "fidediff_pipeline.commands.eval",
+    "fidediff_pipeline.commands.push",
+    "fidediff_pipeline.commands.export_space",
 ]
 
 
