@@ -51,6 +51,7 @@ def test_loading_without_the_package_via_trust_remote_code(tiny_pipeline, tiny_p
     np.save(tmp_path / "input.npy", rgb_image)
     script = textwrap.dedent(f"""
         import sys
+        sys.modules["fidediff_pipeline"] = None  # as on a machine without the package (it may be installed here)
         try:
             import fidediff_pipeline
             sys.exit("fidediff_pipeline must not be importable in this test")
