@@ -12,8 +12,12 @@ import sys
 
 # Order is the order of ``fidediff --help``.
 COMMAND_MODULES = [
+    "fidediff_pipeline.commands.demo",
     "fidediff_pipeline.commands.deblur",
     "fidediff_pipeline.commands.data",
+    "fidediff_pipeline.commands.eval",
+    "fidediff_pipeline.commands.push",
+    "fidediff_pipeline.commands.export_space",
 ]
 
 

@@ -277,7 +277,14 @@ class FideDiffPipeline(DiffusionPipeline):
         return resolved
 
     def _default_tile_size(self) -> int:
-        return max(int(self.unet.config.sample_size), 32) * 3 // 2
+        # Twice the UNet's training size: 128 latents for SD 2.1-base (1024 px at d = 8, 512 px at d = 4).
+        return max(int(self.unet.config.sample_size) * 2, 64)
+
+    @staticmethod
+    def _needs_tiling(latent_h: int, latent_w: int, tile: int) -> bool:
+        # "auto" tiles above four tiles' worth of latents: GoPro's 1280x720 at d = 4 (320x180 latents) still runs
+        # whole on SD 2.1-base (11.5 GiB in bf16, benchmarks/README.md); larger images are tiled.
+        return latent_h * latent_w > (2 * tile) ** 2
 
     @torch.no_grad()
     def __call__(
@@ -307,8 +314,9 @@ class FideDiffPipeline(DiffusionPipeline):
                 ``default_upscale_factor`` (2 unless the saved model says otherwise).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_kernels: also return the estimated per-pixel kernels (needs a Kernel ControlNet).
-            tiling: ``"auto"`` tiles latents larger than ``tile_size`` (and the VAE); ``True`` / ``False`` force it.
-            tile_size, tile_overlap: latent tile size and overlap (in latent pixels; default 1.5x the UNet's
+            tiling: ``"auto"`` tiles latents of more than ``(2 * tile_size) ** 2`` pixels (and the VAE, with
+                diffusers' own VAE tiling); ``True`` / ``False`` force it.
+            tile_size, tile_overlap: latent tile size and overlap (in latent pixels; default twice the UNet's
                 ``sample_size`` and a quarter of the tile). Tiles are blended with Gaussian weights.
             conditioning_scale: scale of the Kernel ControlNet residuals.
             max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
@@ -371,7 +379,7 @@ class FideDiffPipeline(DiffusionPipeline):
             mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         latent_h, latent_w = x.shape[-2] * upscale // self.vae_scale_factor, x.shape[-1] * upscale // self.vae_scale_factor
-        use_tiling = tiling is True or (tiling == "auto" and max(latent_h, latent_w) > tile)
+        use_tiling = tiling is True or (tiling == "auto" and self._needs_tiling(latent_h, latent_w, tile))
         x = x.to(dtype)
 
         kcn = self.kernel_controlnet

@@ -1,0 +1,122 @@
+"""``fidediff eval``: measure a FideDiff model on GoPro, HIDE, RealBlur-J/R or a paired folder.
+
+Examples::
+
+    fidediff eval --model my-org/fidediff --dataset gopro --root /data/GOPRO_Large --output eval/gopro
+    fidediff eval --model ./fidediff --dataset realblur_j --root /data/RealBlur --output eval/rbj --save-images
+    fidediff eval --model ./fidediff --dataset gopro --root /data/GOPRO_Large --output eval/fig7 \\
+        --sweep-timesteps 80 120 160 200 240 280
+
+Writes ``per_image.csv``, ``summary.json``, ``summary.md`` and ``paper_comparison.md`` (or, with
+``--sweep-timesteps``, one such folder per timestep plus ``sweep.json``, ``sweep.md`` and ``sweep.png``).
+A second run with the same ``--output`` resumes: images already measured are not restored again.
+
+Protocols: GoPro/HIDE/paired report PSNR and the MATLAB-style 3-D SSIM (``ssim_matlab3d``, what the
+GoPro/HIDE script computes; ``ssim_skimage`` is in the CSV too); RealBlur reports the RealBlur authors'
+ECC-aligned PSNR/SSIM. Default timestep: 200 for GoPro/HIDE, ``auto`` (t-prediction) for RealBlur and
+paired folders, as in the paper. LPIPS/DISTS weights are read from local files; a missing one makes that
+metric "unavailable" (with the reason) and the rest still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import evaluation
+from ..eval_sets import DATASETS, load_eval_set
+from .deblur import add_model_arguments
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {number}")
+    return number
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``eval`` parser to the ``fidediff`` command line."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure PSNR/SSIM/LPIPS/DISTS on a test set, beside the paper's figures",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="test-set layout under --root")
+    parser.add_argument("--root", required=True, help="folder of the test set (layouts: fidediff_pipeline/eval_sets.py)")
+    parser.add_argument("--output", required=True, help="folder for the CSV, JSON and Markdown (resumable)")
+    # --model, --device, --dtype, --timestep, --upscale-factor, --tile-size: shared with `fidediff deblur`.
+    # eval's timestep default depends on the dataset (paper Sec. 5.1), so it is None here and resolved later.
+    add_model_arguments(parser, timestep_default=None, timestep_help=(
+        "'auto' (t-prediction) or an int in [0, 999]; default: the paper's, 200 for gopro/hide, auto otherwise"))
+    parser.add_argument("--save-images", action="store_true", help="write restored images to <output>/images/")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N pairs (a subset)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per pipeline call")
+    parser.add_argument(
+        "--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS backbone (the paper does not say; alex is the default)"
+    )
+    parser.add_argument("--dists-weights", default=None, help="DISTS alpha/beta file (the DISTS authors' weights.pt)")
+    parser.add_argument("--no-dists", action="store_true", help="skip DISTS")
+    parser.add_argument(
+        "--sweep-timesteps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="evaluate at each of these timesteps (paper Figure 7) instead of one run",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fidediff eval``; returns the exit code. Errors are ValueError / FileNotFoundError with clear text."""
+    from ..loading import default_model, resolve_device
+    from ..metrics import build_perceptual_metrics
+
+    # Cheap checks first: a wrong root fails before any model or metric network is loaded.
+    pairs = load_eval_set(args.dataset, args.root)
+    device = str(resolve_device(args.device))
+    perceptual, unavailable = build_perceptual_metrics(
+        lpips_net=args.lpips_net, dists=not args.no_dists, device=device, dists_weights=args.dists_weights
+    )
+    for name, reason in unavailable.items():
+        print(f"warning: {name.upper()} unavailable: {reason}", file=sys.stderr)
+
+    model = args.model or default_model()
+    pipe = evaluation.load_pipeline(model, device, args.dtype)
+
+    settings = {
+        "model": model,
+        "root": str(Path(args.root).resolve()),
+        "dtype": args.dtype,
+        "lpips_net": args.lpips_net,
+        "device": device,
+    }
+    common = dict(
+        upscale_factor=args.upscale_factor,
+        batch_size=args.batch_size,
+        perceptual=perceptual,
+        unavailable=unavailable,
+        save_images=args.save_images,
+        limit=args.limit,
+        settings=settings,
+        progress=not args.no_progress,
+        pipeline_kwargs={"tile_size": args.tile_size} if args.tile_size else None,
+    )
+    output = Path(args.output)
+    if args.sweep_timesteps:
+        sweep = evaluation.sweep_timesteps(pipe, pairs, output, args.sweep_timesteps, dataset=args.dataset, **common)
+        print(evaluation.sweep_markdown(sweep))
+        print(f"wrote {output / 'sweep.md'}, {output / 'sweep.json'}" + (f", {output / sweep['plot']}" if sweep["plot"] else ""))
+        return 0
+
+    summary = evaluation.evaluate(pipe, pairs, output, dataset=args.dataset, timestep=args.timestep, **common)
+    if args.dataset in evaluation.PAPER_TABLE2:
+        (output / "paper_comparison.md").write_text(evaluation.paper_comparison_table([summary]))
+    print(evaluation.summary_markdown(summary))
+    print(f"wrote {output / evaluation.CSV_NAME}, {output / evaluation.SUMMARY_JSON}, {output / evaluation.SUMMARY_MD}")
+    return 0

@@ -1,0 +1,48 @@
+"""``fidediff push --model FOLDER --repo-id ID``: upload a saved pipeline to the Hub with a generated model card.
+
+The folder must come from `FideDiffPipeline.save_pretrained` (weights and code files), so that
+``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without this package. ``--dry-run``
+writes the model card (README.md) into the folder and lists what would be uploaded, without any network access.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push", help="upload a saved pipeline to the Hugging Face Hub with a model card",
+        description="Upload a pipeline folder (made by save_pretrained) with a generated model card.",
+    )
+    parser.add_argument("--model", required=True, help="folder made by FideDiffPipeline.save_pretrained")
+    parser.add_argument("--repo-id", required=True, help="Hub repo id, 'owner/name' or 'name'")
+    parser.add_argument("--eval-json", nargs="+", default=None, metavar="SUMMARY",
+                        help="summary.json files (or their folders) written by `fidediff eval`, for the card's table")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one, or $HF_TOKEN)")
+    parser.add_argument("--license", default=None,
+                        help="licence id for the card (default: openrail++ for SD 2.1-based weights, else apache-2.0)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="write README.md (the model card) into the folder and list the files; upload nothing")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..hub import check_repo_id, push_pipeline_to_hub, write_model_card
+
+    folder = Path(args.model)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a saved pipeline (no model_index.json); make it with save_pretrained")
+    if args.dry_run:
+        check_repo_id(args.repo_id)
+        card = write_model_card(folder, args.repo_id, args.eval_json, license=args.license)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        size = sum(p.stat().st_size for p in files)
+        print(f"wrote {card}; would upload {len(files)} files ({size / 1e6:.1f} MB) to {args.repo_id} (dry run)")
+        return 0
+    url = push_pipeline_to_hub(folder, args.repo_id, eval_results=args.eval_json, token=args.token,
+                               private=args.private or None, license=args.license, create_pr=args.create_pr)
+    print(f"uploaded {folder} to {url}")
+    return 0

@@ -1,0 +1,61 @@
+import numpy as np
+import torch
+
+from fidediff_pipeline import FideDiffPipeline, KernelControlNetModel
+from fidediff_pipeline.presets import build_unet
+
+
+def test_kernels_are_nonnegative_and_sum_to_one():
+    unet = build_unet("tiny")
+    kcn = KernelControlNetModel.from_unet(unet, kernel_size=7)
+    out = kcn(image=torch.rand(2, 3, 30, 42) * 2 - 1)
+    assert out.kernels.shape == (2, 49, 30, 42)
+    assert (out.kernels >= 0).all()
+    assert torch.allclose(out.kernels.sum(dim=1), torch.ones(2, 30, 42), atol=1e-5)
+    assert out.predicted_timestep.shape == (2,)
+    assert ((out.predicted_timestep > 0) & (out.predicted_timestep < 1000)).all()
+
+
+def test_controlnet_copies_the_unet_encoder():
+    unet = build_unet("tiny")
+    kcn = KernelControlNetModel.from_unet(unet, kernel_size=5)
+    assert torch.equal(kcn.controlnet.conv_in.weight, unet.conv_in.weight)
+    unet_down = unet.down_blocks.state_dict()
+    for key, value in kcn.controlnet.down_blocks.state_dict().items():
+        assert torch.equal(value, unet_down[key]), key
+
+
+def test_filter_module_follows_the_paper_equations():
+    unet = build_unet("tiny")
+    kcn = KernelControlNetModel.from_unet(unet, kernel_size=5)
+    f = kcn.kernel_filter
+    c = f.zero_conv.in_channels
+    with torch.no_grad():  # make Z the identity so that its input O is visible
+        f.zero_conv.weight.copy_(torch.eye(c).view(c, c, 1, 1))
+        f.zero_conv.bias.zero_()
+    z_in1 = torch.randn(1, c, 8, 8)
+    kernels = torch.softmax(torch.randn(1, 25, 32, 32), dim=1)
+    k_in = f.embed_kernels(kernels, (8, 8))
+    z_in2 = f.conv_z(z_in1)
+    weight = f.conv_weight(torch.cat([k_in, z_in2], dim=1))
+    assert torch.allclose(f(z_in1, kernels), weight * z_in2, atol=1e-6)
+
+
+def test_fresh_kernel_controlnet_leaves_the_base_output_unchanged(tiny_pipeline, rgb_image):
+    with_kcn = tiny_pipeline(rgb_image, timestep=200, output_type="np").images
+    base = FideDiffPipeline(**{**tiny_pipeline.components, "kernel_controlnet": None})
+    without = base(rgb_image, timestep=200, output_type="np").images
+    np.testing.assert_allclose(with_kcn, without, atol=1e-6)
+
+
+def test_trained_residuals_change_the_output(tiny_pipeline, rgb_image):
+    kcn = KernelControlNetModel.from_config(tiny_pipeline.kernel_controlnet.config)
+    kcn.load_state_dict(tiny_pipeline.kernel_controlnet.state_dict())
+    with torch.no_grad():
+        kcn.kernel_filter.zero_conv.weight.normal_(std=0.5)
+        for block in kcn.controlnet.controlnet_down_blocks:
+            block.weight.normal_(std=0.5)
+    pipe = FideDiffPipeline(**{**tiny_pipeline.components, "kernel_controlnet": kcn})
+    changed = pipe(rgb_image, timestep=200, output_type="np").images
+    base = tiny_pipeline(rgb_image, timestep=200, output_type="np").images
+    assert np.abs(changed - base).max() > 1e-3
