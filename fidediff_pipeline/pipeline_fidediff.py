@@ -134,6 +134,9 @@ class FideDiffPipeline(DiffusionPipeline):
         prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         if prediction_type != "epsilon":
             raise ValueError(f"FideDiff needs an epsilon-prediction model; the scheduler says {prediction_type!r}")
+        for model in (vae, unet, prompt_embedding, kernel_controlnet):
+            if isinstance(model, torch.nn.Module):
+                _reallocate_tensors(model)  # bit-identical outputs however the weights were loaded (see there)
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=prompt_embedding, kernel_controlnet=kernel_controlnet
         )
@@ -489,6 +492,22 @@ class FideDiffPipeline(DiffusionPipeline):
     def _vae_tiling(self, enabled: bool):
         """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards."""
         return self._TilingSwitch(self.vae, enabled)
+
+
+def _reallocate_tensors(model):
+    """Copy every parameter and buffer into fresh memory.
+
+    Tensors loaded from safetensors can sit at unaligned addresses; oneDNN then picks different (numerically
+    slightly different, ~1e-6) CPU convolution kernels for some shapes (seen with the tiny UNet's 8-channel
+    conv_in), so a reloaded model would not reproduce the saved one bit for bit. Fresh allocations are aligned.
+    Done for every component when a pipeline is assembled (our loader, DiffusionPipeline's remote-code loader or
+    in code); meta or offloaded tensors are left alone.
+    """
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.device.type != "meta":
+                tensor.data = tensor.data.clone()
+    return model
 
 
 def _encode_prompt_if_possible(folder: Path, prompt: str) -> torch.Tensor | None:

@@ -134,6 +134,9 @@ class FideDiffPipeline(DiffusionPipeline):
         prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         if prediction_type != "epsilon":
             raise ValueError(f"FideDiff needs an epsilon-prediction model; the scheduler says {prediction_type!r}")
+        for model in (vae, unet, prompt_embedding, kernel_controlnet):
+            if isinstance(model, torch.nn.Module):
+                _reallocate_tensors(model)  # bit-identical outputs however the weights were loaded (see there)
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=prompt_embedding, kernel_controlnet=kernel_controlnet
         )
@@ -277,7 +280,14 @@ class FideDiffPipeline(DiffusionPipeline):
         return resolved
 
     def _default_tile_size(self) -> int:
-        return max(int(self.unet.config.sample_size), 32) * 3 // 2
+        # Twice the UNet's training size: 128 latents for SD 2.1-base (1024 px at d = 8, 512 px at d = 4).
+        return max(int(self.unet.config.sample_size) * 2, 64)
+
+    @staticmethod
+    def _needs_tiling(latent_h: int, latent_w: int, tile: int) -> bool:
+        # "auto" tiles above four tiles' worth of latents: GoPro's 1280x720 at d = 4 (320x180 latents) still runs
+        # whole on SD 2.1-base (11.5 GiB in bf16, benchmarks/README.md); larger images are tiled.
+        return latent_h * latent_w > (2 * tile) ** 2
 
     @torch.no_grad()
     def __call__(
@@ -307,8 +317,9 @@ class FideDiffPipeline(DiffusionPipeline):
                 ``default_upscale_factor`` (2 unless the saved model says otherwise).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_kernels: also return the estimated per-pixel kernels (needs a Kernel ControlNet).
-            tiling: ``"auto"`` tiles latents larger than ``tile_size`` (and the VAE); ``True`` / ``False`` force it.
-            tile_size, tile_overlap: latent tile size and overlap (in latent pixels; default 1.5x the UNet's
+            tiling: ``"auto"`` tiles latents of more than ``(2 * tile_size) ** 2`` pixels (and the VAE, with
+                diffusers' own VAE tiling); ``True`` / ``False`` force it.
+            tile_size, tile_overlap: latent tile size and overlap (in latent pixels; default twice the UNet's
                 ``sample_size`` and a quarter of the tile). Tiles are blended with Gaussian weights.
             conditioning_scale: scale of the Kernel ControlNet residuals.
             max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
@@ -371,7 +382,7 @@ class FideDiffPipeline(DiffusionPipeline):
             mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         latent_h, latent_w = x.shape[-2] * upscale // self.vae_scale_factor, x.shape[-1] * upscale // self.vae_scale_factor
-        use_tiling = tiling is True or (tiling == "auto" and max(latent_h, latent_w) > tile)
+        use_tiling = tiling is True or (tiling == "auto" and self._needs_tiling(latent_h, latent_w, tile))
         x = x.to(dtype)
 
         kcn = self.kernel_controlnet
@@ -481,6 +492,22 @@ class FideDiffPipeline(DiffusionPipeline):
     def _vae_tiling(self, enabled: bool):
         """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards."""
         return self._TilingSwitch(self.vae, enabled)
+
+
+def _reallocate_tensors(model):
+    """Copy every parameter and buffer into fresh memory.
+
+    Tensors loaded from safetensors can sit at unaligned addresses; oneDNN then picks different (numerically
+    slightly different, ~1e-6) CPU convolution kernels for some shapes (seen with the tiny UNet's 8-channel
+    conv_in), so a reloaded model would not reproduce the saved one bit for bit. Fresh allocations are aligned.
+    Done for every component when a pipeline is assembled (our loader, DiffusionPipeline's remote-code loader or
+    in code); meta or offloaded tensors are left alone.
+    """
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.device.type != "meta":
+                tensor.data = tensor.data.clone()
+    return model
 
 
 def _encode_prompt_if_possible(folder: Path, prompt: str) -> torch.Tensor | None:
