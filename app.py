@@ -54,7 +54,6 @@ GPU_SECONDS_PER_MEGAPIXEL = {2: 6.0, 1: 2.5}
 GPU_SECONDS_MAX = 120
 
 AUTO, MANUAL = "auto (predicted by the model)", "manual"
-DETAIL_CHOICES = [("d = 4: input upsampled 2x, more detail", 2), ("d = 8: faster, less detail", 1)]
 FRAMES_PER_TIMESTEP = 20  # t = (n - 1) * 20 for n averaged 240 fps frames (paper Sec. 3.4)
 
 
@@ -95,6 +94,20 @@ MODEL = resolve_model()
 # then carried out on the GPU lent to each `@spaces.GPU` call; on a laptop this is the plain device choice.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pipe = start_pipeline(MODEL, DEVICE)
+
+
+def detail_choices(vae_scale_factor: int) -> list[tuple[str, int]]:
+    """Radio choices (label, upscale_factor). d = VAE factor / upscale: SD's factor-8 VAE gives the paper's d = 4
+    (2x upsampling) and d = 8; the tiny model's factor-4 VAE gives d = 2 and d = 4."""
+    return [
+        (f"d = {vae_scale_factor // 2}: input upsampled 2x, more detail", 2),
+        (f"d = {vae_scale_factor}: no upsampling, faster", 1),
+    ]
+
+
+DETAIL_CHOICES = detail_choices(pipe.vae_scale_factor)
+# The upscale factor the model was trained with (saved in model_index.json): 2 for SD-based models, 1 for tiny.
+DEFAULT_UPSCALE = int(pipe.config.get("default_upscale_factor", 2) or 2)
 HAS_KERNELS = pipe.kernel_controlnet is not None
 
 
@@ -176,7 +189,7 @@ def describe(result: dict, upscale_factor: int, size: tuple[int, int]) -> str:
     if result["source"] == "given" and result["predicted"] is not None:
         estimate = result["predicted"]
         lines.append(f"The model's own estimate: t = {estimate:.0f} (n = {estimate / FRAMES_PER_TIMESTEP + 1:.1f}).")
-    d = 8 // int(upscale_factor)
+    d = pipe.vae_scale_factor // int(upscale_factor)
     lines.append(f"d = {d} · {size[0]} x {size[1]} px · {result['seconds']:.1f} s on {DEVICE}")
     return "\n\n".join(lines)
 
@@ -281,7 +294,7 @@ def build_demo() -> gr.Blocks:
                     0, 400, value=200, step=10, label="t (manual blur level)", interactive=False,
                     info="t = 20 (n - 1) for n averaged frames; GoPro's test blur is t = 200 (n = 11)",
                 )
-                detail = gr.Radio(DETAIL_CHOICES, value=2, label="Latent resolution")
+                detail = gr.Radio(DETAIL_CHOICES, value=DEFAULT_UPSCALE, label="Latent resolution")
                 run = gr.Button("Deblur", variant="primary")
             with gr.Column():
                 slider = gr.ImageSlider(label="Before / after", format="png", type="pil", max_height=480)

@@ -527,7 +527,7 @@ def summary_markdown(summary: Mapping) -> str:
         + (" (the paper's default for this set)" if requested == ts["default_for_dataset"] else "")
         + (f"; used: mean {ts['mean_used']:.1f}, range {ts['min_used']}-{ts['max_used']}" if ts["mean_used"] is not None else "")
         + f"; sources: {', '.join(f'{k} {v}' for k, v in ts['sources'].items())}.",
-        f"- Upscale factor: {summary['upscale_factor']} (d = {8 // summary['upscale_factor']}).",
+        f"- Upscale factor: {summary['upscale_factor']} (2 = the paper's d = 4 with SD's factor-8 VAE; None = the model's own).",
     ]
     for key, value in summary.get("settings", {}).items():
         lines.append(f"- {key}: {value}")

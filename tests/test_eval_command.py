@@ -386,7 +386,7 @@ def test_eval_command_argument_errors(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "--dataset", "div2k", "--root", "r", "--output", "o"])
     args = parser.parse_args(["eval", "--dataset", "gopro", "--root", str(tmp_path / "missing"), "--output", "o"])
-    assert args.timestep is None and args.lpips_net == "alex" and args.upscale_factor == 2
+    assert args.timestep is None and args.lpips_net == "alex" and args.upscale_factor is None  # the model's own
     with pytest.raises(FileNotFoundError, match="missing"):
         args.func(args)
 

@@ -31,8 +31,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto"
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
     parser.add_argument("--timestep", type=parse_timestep, default=timestep_default, help=timestep_help)
-    parser.add_argument("--upscale-factor", type=int, default=2, choices=[1, 2],
-                        help="2: upsample 2x before the VAE (paper's d=4, default); 1: d=8, faster")
+    parser.add_argument("--upscale-factor", type=int, default=None, choices=[1, 2],
+                        help="2: upsample 2x before the VAE (paper's d=4 with SD's VAE); 1: no upsampling (d=8), "
+                             "faster; default: the model's own (2 for SD-based models, 1 for the tiny one)")
     parser.add_argument("--tile-size", type=int, default=None, help="latent tile size for large images (default: automatic)")
 
 

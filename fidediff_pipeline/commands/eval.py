@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         "device": device,
     }
     common = dict(
-        upscale_factor=args.upscale_factor,
+        # None: the model's own factor (saved in model_index.json), recorded as the number actually used.
+        upscale_factor=args.upscale_factor or int(pipe.config.get("default_upscale_factor", 2) or 2),
         batch_size=args.batch_size,
         perceptual=perceptual,
         unavailable=unavailable,
