@@ -138,3 +138,19 @@ def test_sd21_base_preset_has_the_released_parameter_counts():
     del unet, kcn
     vae = build_vae("sd21-base")
     assert sum(p.numel() for p in vae.parameters()) == SD21_BASE_VAE_PARAMETERS
+
+
+def test_bundled_checkpoint_code_matches_the_package():
+    """The bundled folder's code copies (used with trust_remote_code) must not drift from the package."""
+    import fidediff_pipeline
+    from fidediff_pipeline import DEFAULT_MODEL
+
+    package = Path(fidediff_pipeline.__file__).parent
+    checkpoint = Path(DEFAULT_MODEL)
+    copies = {checkpoint / "pipeline.py": package / "pipeline_fidediff.py"}
+    for code in checkpoint.rglob("*.py"):
+        if code.name != "pipeline.py":
+            copies[code] = package / code.name
+    assert len(copies) > 3
+    for copy, source in copies.items():
+        assert copy.read_text() == source.read_text(), f"{copy} is stale: re-export the checkpoint or copy {source}"
