@@ -59,3 +59,13 @@ def test_trained_residuals_change_the_output(tiny_pipeline, rgb_image):
     changed = pipe(rgb_image, timestep=200, output_type="np").images
     base = tiny_pipeline(rgb_image, timestep=200, output_type="np").images
     assert np.abs(changed - base).max() > 1e-3
+
+
+def test_passed_in_kernels_skip_the_t_regressor():
+    unet = build_unet("tiny")
+    kcn = KernelControlNetModel.from_unet(unet, kernel_size=5)
+    kernels = kcn(image=torch.rand(1, 3, 32, 32) * 2 - 1).kernels
+    out = kcn(sample=torch.randn(1, unet.config.in_channels, 8, 8),
+              timestep=torch.tensor([200]), encoder_hidden_states=torch.zeros(1, 4, unet.config.cross_attention_dim),
+              kernels=kernels)
+    assert out.predicted_timestep is None and out.down_block_res_samples is not None

@@ -22,13 +22,14 @@ class KernelControlNetOutput(BaseOutput):
     Args:
         kernels (`torch.Tensor` of shape `[B, m*m, H, W]`): per-pixel blur kernels in image space (non-negative,
             each pixel's kernel sums to 1), in the convention of `fidediff_pipeline.kernel_ops`.
-        predicted_timestep (`torch.Tensor` of shape `[B]`): the t-regressor's blur level, in diffusion timesteps.
+        predicted_timestep (`torch.Tensor` of shape `[B]`, or `None`): the t-regressor's blur level, in diffusion
+            timesteps; `None` when the caller passed precomputed ``kernels`` (it already has their estimate).
         down_block_res_samples (`tuple` of `torch.Tensor`, or `None`): ControlNet residuals for the UNet's down blocks.
         mid_block_res_sample (`torch.Tensor`, or `None`): ControlNet residual for the UNet's mid block.
     """
 
     kernels: torch.Tensor
-    predicted_timestep: torch.Tensor
+    predicted_timestep: torch.Tensor | None = None
     down_block_res_samples: tuple[torch.Tensor, ...] | None = None
     mid_block_res_sample: torch.Tensor | None = None
 
@@ -263,11 +264,14 @@ class KernelControlNetModel(ModelMixin, ConfigMixin):
                 same region as ``sample``.
             conditioning_scale (`float`): multiplier of the residuals.
         """
+        predicted_timestep = None
         if kernels is None:
             if image is None:
                 raise ValueError("KernelControlNetModel needs `image` (to estimate kernels) or `kernels`")
             kernels = self.kernel_estimator(image)
-        predicted_timestep = self.timestep_regressor(kernels)
+            # Only for freshly estimated kernels: a caller passing kernels in (the pipeline's residual pass, each
+            # tile) already has their t, and T on a full-resolution m*m map is not free.
+            predicted_timestep = self.timestep_regressor(kernels)
         down_res, mid_res = None, None
         if sample is not None:
             if timestep is None or encoder_hidden_states is None:
