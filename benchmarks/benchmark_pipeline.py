@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fidediff_pipeline import FideDiffPipeline  # noqa: E402
 from fidediff_pipeline.loading import resolve_dtype  # noqa: E402
 from fidediff_pipeline.presets import build_pipeline  # noqa: E402
+from fidediff_pipeline.training_utils import vae_encode_mode  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -119,8 +120,8 @@ def benchmark_config(pipe: FideDiffPipeline, width: int, height: int, upscale: i
     c = pipe.prompt_embedding(1).to(device, dtype)
     t = torch.tensor([200], device=device)
     components = {}
-    z = pipe.vae.encode(x_up).latent_dist.mode()
-    components["vae_encode"] = time_call(lambda: pipe.vae.encode(x_up).latent_dist.mode(), device, 1, repeats)["median_s"]
+    z = vae_encode_mode(pipe.vae, x_up)
+    components["vae_encode"] = time_call(lambda: vae_encode_mode(pipe.vae, x_up), device, 1, repeats)["median_s"]
     residuals = {}
     if pipe.kernel_controlnet is not None:
         kcn = pipe.kernel_controlnet

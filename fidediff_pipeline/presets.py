@@ -66,9 +66,9 @@ def tiny_unet_config() -> dict:
     """A small UNet of the same class and block types, trainable on a 2-core CPU."""
     return dict(
         sample_size=32,
-        # 8 latent channels to match the tiny VAE (SD's 4 at a factor-4 VAE kept too little detail to deblur).
-        in_channels=8,
-        out_channels=8,
+        # 16 latent channels to match the tiny VAE (SD's 4 at a factor-4 VAE kept too little detail to deblur).
+        in_channels=16,
+        out_channels=16,
         layers_per_block=1,
         block_out_channels=(32, 64, 96),
         # No attention at the full latent resolution (4096 tokens for a 256 px image): it dominated CPU time;
@@ -83,25 +83,42 @@ def tiny_unet_config() -> dict:
 
 
 def tiny_vae_config() -> dict:
-    """A small AutoencoderKL with downsampling factor 4 (the SD VAE's is 8): detail a tiny model can keep."""
+    """The tiny preset's autoencoder: a diffusers ``AutoencoderTiny`` (the TAESD architecture) with factor 4.
+
+    Not an ``AutoencoderKL`` like SD's: a from-scratch AutoencoderKL's GroupNorms throw away each crop's
+    brightness and contrast, and on this CPU budget it stalled at ~27 dB reconstruction PSNR, below the blurry
+    inputs it was meant to deblur. TAESD (a distilled stand-in for SD's VAE, norm-free convolutions) reached a
+    higher ceiling in fewer, cheaper steps (see docs/tiny_results.md).
+    """
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        # Three stages = two 2x down/upsamplings: factor 4 (SD's VAE: 8). EncoderTiny's strided convs need equal
+        # widths at every stage; 32 keeps the full-resolution decoder block cheap on a CPU.
+        encoder_block_out_channels=(32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32),
+        num_encoder_blocks=(1, 2, 2),
+        num_decoder_blocks=(2, 2, 1),
+        # 16 channels at factor 4 (3x compression; SD: 4 channels at factor 8, 48x): enough detail for a
+        # deblurred output to beat its blurry input in PSNR.
+        latent_channels=16,
+        scaling_factor=1.0,
+    )
+
+
+def tiny_autoencoder_kl_config() -> dict:
+    """A small ``AutoencoderKL`` (SD's VAE class) with factor 4, for tests of Stable-Diffusion-layout folders."""
     return dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        # Narrow at full resolution: the decoder's last upsampler and block run on every pixel.
         block_out_channels=(32, 32, 64),
         layers_per_block=1,
-        # 8 channels at factor 4 (6x compression; SD: 4 channels at factor 8, 48x): the tiny VAE must keep
-        # enough detail for a deblurred output to beat its blurry input in PSNR.
-        latent_channels=8,
-        # 8 groups: with 32 (one channel per group at the top level) GroupNorm becomes instance norm, which
-        # throws away each crop's colour offsets, and the from-scratch VAE stalled at L1 ~0.35.
+        latent_channels=16,
         norm_num_groups=8,
         sample_size=256,
         scaling_factor=1.0,
-        # The mid-block self-attention over every latent (4096 tokens at 256 px) cost more than the rest of the
-        # tiny VAE on a CPU and is not needed for a factor-4 autoencoder.
         mid_block_add_attention=False,
     )
 
@@ -110,6 +127,7 @@ PRESET_SETTINGS = {
     "sd21-base": dict(
         unet=sd21_base_unet_config,
         vae=sd21_base_vae_config,
+        vae_class="AutoencoderKL",
         num_tokens=77,
         kernel_size=19,
         estimator_channels=(64, 128, 256),
@@ -119,6 +137,7 @@ PRESET_SETTINGS = {
     "tiny": dict(
         unet=tiny_unet_config,
         vae=tiny_vae_config,
+        vae_class="AutoencoderTiny",
         num_tokens=4,
         # m = 11: kernels up to ~9 px long; the per-pixel m*m maps at full image resolution are the tiny
         # model's largest CPU cost, so m and the kernel-side widths are kept small.
@@ -143,9 +162,10 @@ def build_unet(preset: str):
 
 
 def build_vae(preset: str):
-    from diffusers import AutoencoderKL
+    import diffusers
 
-    return AutoencoderKL(**_settings(preset)["vae"]())
+    settings = _settings(preset)
+    return getattr(diffusers, settings["vae_class"])(**settings["vae"]())
 
 
 def build_scheduler():

@@ -61,9 +61,16 @@ def low_frequency_transfer(output: torch.Tensor, reference: torch.Tensor, sigma:
     return output - gaussian_lowpass(output, sigma) + gaussian_lowpass(reference.to(output.dtype), sigma)
 
 
+def vae_encode_mode(vae, x: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents of ``x`` (in [-1, 1]): the posterior mode of an ``AutoencoderKL``, or the deterministic
+    latents of an ``AutoencoderTiny`` (which has no posterior)."""
+    encoded = vae.encode(x)
+    return encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+
+
 def encode_latents(vae, x: torch.Tensor, upscale_factor: int = 1) -> torch.Tensor:
     """``z = mode(q(z | upsample(x))) * scaling_factor``: deterministic, as at inference."""
-    return vae.encode(upsample_for_vae(x, upscale_factor)).latent_dist.mode() * vae.config.scaling_factor
+    return vae_encode_mode(vae, upsample_for_vae(x, upscale_factor)) * vae.config.scaling_factor
 
 
 def decode_latents(vae, z0: torch.Tensor, size: tuple[int, int], upscale_factor: int = 1) -> torch.Tensor:

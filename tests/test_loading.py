@@ -17,7 +17,7 @@ from fidediff_pipeline.presets import (
     build_unet,
     build_vae,
     tiny_unet_config,
-    tiny_vae_config,
+    tiny_autoencoder_kl_config,
 )
 
 
@@ -91,7 +91,7 @@ def _write_tiny_stable_diffusion_folder(folder: Path) -> None:
 
     torch.manual_seed(0)
     UNet2DConditionModel(**tiny_unet_config()).save_pretrained(folder / "unet")
-    AutoencoderKL(**tiny_vae_config()).save_pretrained(folder / "vae")
+    AutoencoderKL(**tiny_autoencoder_kl_config()).save_pretrained(folder / "vae")
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                   steps_offset=1, set_alpha_to_one=False).save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))

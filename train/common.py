@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -112,6 +113,9 @@ def add_perceptual_args(parser) -> None:
                    help="TESTS ONLY: LPIPS with a random backbone (no download); not a perceptual loss")
     g.add_argument("--edge_weight", type=float, default=1.0,
                    help="weight of EA-LPIPS's Sobel-edge L1 term (independent of --lpips_weight, so it also works without LPIPS)")
+    g.add_argument("--latent_weight", type=float, default=0.0,
+                   help="NOT IN THE PAPER (0 = off): L1 between z0 and the sharp image's latents. The tiny recipe uses "
+                        "it: a direct target that does not pass through a from-scratch decoder")
 
 
 def build_ea_loss(args, device):
@@ -128,6 +132,18 @@ def build_ea_loss(args, device):
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     return loss.to(device)
+
+
+def latent_l1_term(vae, z0: torch.Tensor, target: torch.Tensor, args) -> tuple[torch.Tensor, dict]:
+    """``latent_weight * L1(z0, encode(sharp))`` (``target`` in [-1, 1]) and its log entry; zero when off."""
+    from fidediff_pipeline.training_utils import encode_latents
+
+    if not getattr(args, "latent_weight", 0):
+        return z0.new_zeros((), dtype=torch.float32), {}
+    with torch.no_grad():
+        z_sharp = encode_latents(vae, target.to(next(vae.parameters()).dtype), args.upscale_factor)
+    term = F.l1_loss(z0.float(), z_sharp.float())
+    return args.latent_weight * term, {"latent": term.detach()}
 
 
 def ea_lpips_terms(ea_loss, restored, target, args) -> tuple[torch.Tensor, dict]:

@@ -114,6 +114,29 @@ def vae_ceiling(pipe, pairs) -> float:
     return float(np.mean(scores))
 
 
+def vae_passthrough(pipe, pairs) -> dict:
+    """Per level: the blurry image through the VAE alone (encode, decode, the pipeline's colour fix), no UNet.
+
+    What a UNet that only learnt to pass its input through would score: the bar any deblurring must clear.
+    """
+    from fidediff_pipeline.training_utils import decode_latents, encode_latents, low_frequency_transfer
+
+    per_level: dict[int, list] = {n: [] for n in LEVELS}
+    sigma = getattr(pipe.config, "color_fix_sigma", None)
+    for item in pairs:
+        x = torch.from_numpy(item["blurry"]).permute(2, 0, 1)[None].float() / 127.5 - 1
+        h, w = x.shape[-2:]
+        x = x[..., : h - h % 4, : w - w % 4]
+        with torch.no_grad():
+            rec = decode_latents(pipe.vae, encode_latents(pipe.vae, x, UPSCALE), tuple(x.shape[-2:]), UPSCALE)
+            if sigma:
+                rec = low_frequency_transfer(rec, x, float(sigma))
+        rec = ((rec[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        per_level[item["n"]].append(psnr_ssim(rec, item["sharp"][: x.shape[-2], : x.shape[-1]]))
+    return {n: {"psnr": float(np.mean([s[0] for s in v])), "ssim": float(np.mean([s[1] for s in v]))}
+            for n, v in per_level.items()}
+
+
 def time_256(pipe, repeats: int = 5) -> dict:
     image = np.random.default_rng(0).random((256, 256, 3)).astype(np.float32)
     pipe(image, timestep="auto", upscale_factor=UPSCALE)  # warm-up
@@ -164,6 +187,7 @@ def main(argv=None):
     if Path(args.noct, "model_index.json").is_file():
         noct = FideDiffPipeline.from_pretrained(args.noct)
         rows.append(("w/o CT base (--no_consistency), t = 200", run_variant(noct, pairs, 200)))
+    rows.append(("VAE pass-through (encode-decode the blurry input, no UNet)", vae_passthrough(full, pairs)))
     timing = time_256(full)
     ceiling = vae_ceiling(full, pairs)
     t_mae = {n: rows[0][1][n]["t_mae"] for n in LEVELS}

@@ -110,8 +110,10 @@ class BaseStageModel(nn.Module):
         loss = l1
         logs = {"l1": l1.detach()}
         ea, ea_logs = common.ea_lpips_terms(self._ea_loss, restored, target, self.args)
-        loss = loss + ea
+        latent, latent_logs = common.latent_l1_term(self._vae, out.z0, target, self.args)
+        loss = loss + ea + latent
         logs.update(ea_logs)
+        logs.update(latent_logs)
         if self._discriminator is not None:
             with torch.no_grad():
                 # Each group's sharp frame is encoded once (the batch repeats it per level).

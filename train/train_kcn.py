@@ -71,7 +71,9 @@ class KCNStageModel(nn.Module):
         ea, logs = common.ea_lpips_terms(fz["ea"], restored, target, args)
         reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), out.kernels, args.reblur_space)
         t_loss = time_regression_loss(out.predicted_timestep, timesteps)
-        loss = l1 + ea + args.reblur_weight * reblur + args.time_weight * t_loss
+        latent, latent_logs = common.latent_l1_term(fz["vae"], out.z0, target, args)
+        loss = l1 + ea + latent + args.reblur_weight * reblur + args.time_weight * t_loss
+        logs.update(latent_logs)
         t_mae = (out.predicted_timestep.detach().float() - timesteps.float()).abs().mean()
         return {"loss": loss, "l1": l1.detach(), "reblur": reblur.detach(), "time": t_loss.detach(), "t_mae": t_mae, **logs}
 

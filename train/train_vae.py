@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Stage 0 (tiny preset only): pretrain the tiny AutoencoderKL that stands in for Stable Diffusion's VAE.
+"""Stage 0 (tiny preset only): pretrain the tiny autoencoder that stands in for Stable Diffusion's VAE.
 
 The full recipe keeps SD 2.1's VAE frozen; a randomly initialised tiny model has no VAE worth keeping, so this
-trains one on sharp and blurry crops: ``L1 + kl_weight * KL + edge_weight * L1(Sobel edges)`` (decoding the posterior mode by default) (LPIPS off: no
-backbone offline). The output is a whole pipeline folder (other components as given) for ``--init_from``.
+trains one on sharp and blurry crops: ``L1 + edge_weight * L1(Sobel edges)`` plus, for an ``AutoencoderKL``,
+``kl_weight * KL`` (decoding the posterior mode by default); the tiny preset's ``AutoencoderTiny`` has no
+posterior and no KL term. LPIPS is off (no backbone offline). The output is a whole pipeline folder (other components as given) for ``--init_from``.
 
     python train/train_vae.py --preset tiny --train_images photos/ --output_dir runs/vae --resolution 64
 """
@@ -50,13 +51,17 @@ class VAEStageModel(nn.Module):
 
         device = next(self.vae.parameters()).device
         x = common.to_model_range(torch.cat([batch["sharp_per_group"], batch["blurry"]])).to(device)
-        posterior = self.vae.encode(x).latent_dist
-        # The mode is what inference uses; with a random init a posterior sample starts with unit-variance noise
-        # on every latent, which a small KL weight takes thousands of steps to shrink.
-        z = posterior.sample() if self.sample_posterior else posterior.mode()
+        encoded = self.vae.encode(x)
+        if hasattr(encoded, "latent_dist"):  # AutoencoderKL
+            posterior = encoded.latent_dist
+            # The mode is what inference uses; with a random init a posterior sample starts with unit-variance
+            # noise on every latent, which a small KL weight takes thousands of steps to shrink.
+            z = posterior.sample() if self.sample_posterior else posterior.mode()
+            kl = (posterior.kl() / posterior.mean[0].numel()).mean()
+        else:  # AutoencoderTiny: deterministic latents, no KL
+            z, kl = encoded.latents, x.new_zeros(())
         recon = self.vae.decode(z).sample
         l1 = F.l1_loss(recon, x)
-        kl = (posterior.kl() / posterior.mean[0].numel()).mean()
         edge = F.l1_loss(sobel_edges(recon), sobel_edges(x)) if self.edge_weight else recon.new_zeros(())
         loss = l1 + self.kl_weight * kl + self.edge_weight * edge
         return {"loss": loss, "l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach()}
@@ -75,11 +80,13 @@ class VAEStage(common.Stage):
 
     @torch.no_grad()
     def validate(self, pairs, args, step, accelerator) -> dict:
+        from fidediff_pipeline.training_utils import vae_encode_mode
+
         vae = common.unwrap(accelerator, self.model).vae
         scores = []
         for item in pairs:
             x = common.to_model_range(item["sharp"][None])
-            recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            recon = vae.decode(vae_encode_mode(vae, x)).sample
             scores.append(common.psnr_uint8(common.to_uint8((recon[0] + 1) / 2), common.to_uint8(item["sharp"])))
         return {"val/psnr_recon": float(sum(scores) / max(len(scores), 1))}
 

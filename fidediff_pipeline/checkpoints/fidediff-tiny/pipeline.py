@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
@@ -24,7 +24,9 @@ from .modeling_kernel_controlnet import KernelControlNetModel
 from .modeling_prompt_embedding import FideDiffPromptEmbedding
 from .remote_code import write_remote_code
 from .tiling import gaussian_weights, iterate_tiles
-from .training_utils import low_frequency_transfer, predict_original_latents, resize_from_vae, upsample_for_vae
+from .training_utils import (
+    low_frequency_transfer, predict_original_latents, resize_from_vae, upsample_for_vae, vae_encode_mode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,17 @@ def _resolve_hub_folder(name: str, revision=None, cache_dir=None, token=None, lo
         ) from None
 
 
+def _drop_derived_vae_config(config_path: Path) -> None:
+    """Remove ``block_out_channels`` from a saved AutoencoderTiny config.
+
+    AutoencoderTiny registers it itself (a copy of ``decoder_block_out_channels``) but does not accept it as an
+    argument, so diffusers warns "config attributes ... will be ignored" on every load of a folder that has it.
+    """
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.pop("block_out_channels", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 class FideDiffPipeline(DiffusionPipeline):
     r"""
     One-step motion deblurring with FideDiff (blur level as the diffusion timestep, a consistency-trained UNet and
@@ -105,7 +118,8 @@ class FideDiffPipeline(DiffusionPipeline):
     ``z0 = (z_t - sqrt(1 - a_t) * eps) / sqrt(a_t)`` with the scheduler's own ``alphas_cumprod`` (paper eq. 3, 8).
 
     Args:
-        vae ([`AutoencoderKL`]): the image autoencoder.
+        vae ([`AutoencoderKL`] or [`AutoencoderTiny`]): the image autoencoder (SD's AutoencoderKL; the tiny
+            checkpoint uses the TAESD architecture).
         unet ([`UNet2DConditionModel`]): epsilon-prediction UNet.
         scheduler ([`DDPMScheduler`] or any scheduler with ``alphas_cumprod``): the noise schedule.
         prompt_embedding ([`FideDiffPromptEmbedding`]): the learned text embedding ``c``.
@@ -122,7 +136,7 @@ class FideDiffPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | AutoencoderTiny,
         unet: UNet2DConditionModel,
         scheduler: DDPMScheduler,
         prompt_embedding: FideDiffPromptEmbedding,
@@ -200,6 +214,8 @@ class FideDiffPipeline(DiffusionPipeline):
         hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
         super().save_pretrained(save_directory, safe_serialization=True, push_to_hub=False, **kwargs)
         kwargs = hub_kwargs
+        if isinstance(self.vae, AutoencoderTiny):
+            _drop_derived_vae_config(Path(save_directory) / "vae" / "config.json")
         write_remote_code(self, save_directory, CUSTOM_COMPONENTS)
         if push_to_hub:
             from huggingface_hub import create_repo, upload_folder
@@ -402,7 +418,7 @@ class FideDiffPipeline(DiffusionPipeline):
 
         x_up = upsample_for_vae(x, upscale)
         with self._vae_tiling(use_tiling):
-            z_t = self.vae.encode(x_up).latent_dist.mode() * self.vae.config.scaling_factor
+            z_t = vae_encode_mode(self.vae, x_up) * self.vae.config.scaling_factor
         encoder_hidden_states = self.prompt_embedding(batch_size=1).to(device=device, dtype=dtype)
         t_tensor = torch.tensor([t], device=device, dtype=torch.long)
         if use_tiling:
@@ -490,8 +506,12 @@ class FideDiffPipeline(DiffusionPipeline):
             self.vae.use_tiling = self.previous
 
     def _vae_tiling(self, enabled: bool):
-        """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards."""
-        return self._TilingSwitch(self.vae, enabled)
+        """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards.
+
+        Not for an AutoencoderTiny: diffusers' tiled encode there assumes 4 latent channels and a factor of
+        2**out_channels (TAESD's own shape), and its convolutions work on any size at a small memory cost anyway.
+        """
+        return self._TilingSwitch(self.vae, enabled and not isinstance(self.vae, AutoencoderTiny))
 
 
 def _reallocate_tensors(model):
