@@ -122,8 +122,8 @@ def build_ea_loss(args, device):
     """The EA-LPIPS module, or None when both weights are 0. Checks the LPIPS backbone BEFORE training."""
     from fidediff_pipeline.losses import EALPIPSLoss
 
-    if args.lpips_weight < 0 or args.edge_weight < 0:
-        raise SystemExit("error: --lpips_weight and --edge_weight must be >= 0")
+    if args.lpips_weight < 0 or args.edge_weight < 0 or args.latent_weight < 0:
+        raise SystemExit("error: --lpips_weight, --edge_weight and --latent_weight must be >= 0 (0 turns a term off)")
     if args.lpips_weight == 0 and args.edge_weight == 0:
         return None
     net = args.lpips_net if args.lpips_weight > 0 else None
@@ -138,7 +138,7 @@ def latent_l1_term(vae, z0: torch.Tensor, target: torch.Tensor, args) -> tuple[t
     """``latent_weight * L1(z0, encode(sharp))`` (``target`` in [-1, 1]) and its log entry; zero when off."""
     from fidediff_pipeline.training_utils import encode_latents
 
-    if not getattr(args, "latent_weight", 0):
+    if not args.latent_weight:
         return z0.new_zeros((), dtype=torch.float32), {}
     with torch.no_grad():
         z_sharp = encode_latents(vae, target.to(next(vae.parameters()).dtype), args.upscale_factor)

@@ -95,22 +95,35 @@ def input_scores(pairs) -> dict:
     return out
 
 
+def vae_roundtrip(pipe, image: np.ndarray, color_fix: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Encode and decode a uint8 image with the pipeline's VAE alone (no UNet); optionally the pipeline's colour fix.
+
+    Returns the uint8 reconstruction and the image cropped to the same size (a multiple of the VAE factor).
+    """
+    from fidediff_pipeline.training_utils import decode_latents, encode_latents, low_frequency_transfer
+
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    h, w = x.shape[-2:]
+    factor = pipe.vae_scale_factor
+    x = x[..., : h - h % factor, : w - w % factor]
+    sigma = getattr(pipe.config, "color_fix_sigma", None)
+    with torch.no_grad():
+        rec = decode_latents(pipe.vae, encode_latents(pipe.vae, x, UPSCALE), tuple(x.shape[-2:]), UPSCALE)
+        if color_fix and sigma:
+            rec = low_frequency_transfer(rec, x, float(sigma))
+    rec = ((rec[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return rec, image[: x.shape[-2], : x.shape[-1]]
+
+
 def vae_ceiling(pipe, pairs) -> float:
     """PSNR of the VAE alone on the sharp photos (encode-decode): the best any output can reach."""
-    from fidediff_pipeline.training_utils import decode_latents, encode_latents
-
     seen, scores = set(), []
     for item in pairs:
         if item["group"] in seen:
             continue
         seen.add(item["group"])
-        x = torch.from_numpy(item["sharp"]).permute(2, 0, 1)[None].float() / 127.5 - 1
-        h, w = x.shape[-2:]
-        x = x[..., : h - h % 4, : w - w % 4]
-        with torch.no_grad():
-            rec = decode_latents(pipe.vae, encode_latents(pipe.vae, x, UPSCALE), tuple(x.shape[-2:]), UPSCALE)
-        rec = ((rec[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        scores.append(psnr_ssim(rec, item["sharp"][: x.shape[-2], : x.shape[-1]])[0])
+        rec, sharp = vae_roundtrip(pipe, item["sharp"], color_fix=False)
+        scores.append(psnr_ssim(rec, sharp)[0])
     return float(np.mean(scores))
 
 
@@ -119,20 +132,10 @@ def vae_passthrough(pipe, pairs) -> dict:
 
     What a UNet that only learnt to pass its input through would score: the bar any deblurring must clear.
     """
-    from fidediff_pipeline.training_utils import decode_latents, encode_latents, low_frequency_transfer
-
     per_level: dict[int, list] = {n: [] for n in LEVELS}
-    sigma = getattr(pipe.config, "color_fix_sigma", None)
     for item in pairs:
-        x = torch.from_numpy(item["blurry"]).permute(2, 0, 1)[None].float() / 127.5 - 1
-        h, w = x.shape[-2:]
-        x = x[..., : h - h % 4, : w - w % 4]
-        with torch.no_grad():
-            rec = decode_latents(pipe.vae, encode_latents(pipe.vae, x, UPSCALE), tuple(x.shape[-2:]), UPSCALE)
-            if sigma:
-                rec = low_frequency_transfer(rec, x, float(sigma))
-        rec = ((rec[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        per_level[item["n"]].append(psnr_ssim(rec, item["sharp"][: x.shape[-2], : x.shape[-1]]))
+        rec, _ = vae_roundtrip(pipe, item["blurry"], color_fix=True)
+        per_level[item["n"]].append(psnr_ssim(rec, item["sharp"][: rec.shape[0], : rec.shape[1]]))
     return {n: {"psnr": float(np.mean([s[0] for s in v])), "ssim": float(np.mean([s[1] for s in v]))}
             for n, v in per_level.items()}
 
