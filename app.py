@@ -98,7 +98,7 @@ pipe = start_pipeline(MODEL, DEVICE)
 
 def detail_choices(vae_scale_factor: int) -> list[tuple[str, int]]:
     """Radio choices (label, upscale_factor). d = VAE factor / upscale: SD's factor-8 VAE gives the paper's d = 4
-    (2x upsampling) and d = 8; the tiny model's factor-4 VAE gives d = 2 and d = 4."""
+    (2x upsampling) and d = 8; the tiny model's factor-2 VAE gives d = 1 and d = 2."""
     return [
         (f"d = {vae_scale_factor // 2}: input upsampled 2x, more detail", 2),
         (f"d = {vae_scale_factor}: no upsampling, faster", 1),
@@ -229,7 +229,7 @@ def deblur(image_path: str | None, blur_mode: str, timestep: float, upscale_fact
     except Exception as err:
         logger.exception("restore failed")
         raise gr.Error(
-            f"Deblurring failed ({type(err).__name__}). Try a smaller image or d = 8; if it keeps failing, please "
+            f"Deblurring failed ({type(err).__name__}). Try a smaller image or d = {pipe.vae_scale_factor}; if it keeps failing, please "
             "report it in the Community tab.",
             title="Something went wrong",
         ) from None

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fidediff_pipeline import FideDiffPipeline  # noqa: E402
 from fidediff_pipeline.loading import resolve_dtype  # noqa: E402
-from fidediff_pipeline.presets import build_pipeline  # noqa: E402
+from fidediff_pipeline.presets import PRESETS, build_pipeline  # noqa: E402
 from fidediff_pipeline.training_utils import vae_encode_mode  # noqa: E402
 
 
@@ -68,9 +68,22 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def preset_or_model(text: str) -> str:
+    """A preset name (random weights) or a saved pipeline folder (its own weights and sizes, e.g. the bundled
+    tiny checkpoint, whose Kernel ControlNet kernel size differs from the preset's)."""
+    if text in PRESETS or Path(text, "model_index.json").is_file():
+        return text
+    raise argparse.ArgumentTypeError(f"--preset takes {' or '.join(PRESETS)} or a saved pipeline folder; got {text!r}")
+
+
 def build(preset: str, device: torch.device, dtype: torch.dtype, kcn: bool, seed: int = 0) -> FideDiffPipeline:
     with torch.device(device) if device.type == "cuda" else torch.device("cpu"):
-        pipe = build_pipeline(preset, with_kernel_controlnet=True, seed=seed)
+        if preset in PRESETS:
+            pipe = build_pipeline(preset, with_kernel_controlnet=True, seed=seed)
+        else:
+            pipe = FideDiffPipeline.from_pretrained(preset)
+            if pipe.kernel_controlnet is None and kcn:
+                raise SystemExit(f"{preset} has no Kernel ControlNet: pass --kcn off")
     pipe = pipe.to(device=device, dtype=dtype)
     if not kcn:
         pipe = FideDiffPipeline(**{**pipe.components, "kernel_controlnet": None})
@@ -207,7 +220,8 @@ def markdown_table(records: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", nargs="+", default=["sd21-base"], choices=["sd21-base", "tiny"])
+    parser.add_argument("--preset", nargs="+", default=["sd21-base"], type=preset_or_model,
+                        help="sd21-base / tiny (random weights) or a saved pipeline folder (its own weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=None, help="default: bfloat16 float16 float32 on CUDA, float32 on CPU")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1280, 720), (512, 512)])

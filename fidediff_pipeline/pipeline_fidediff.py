@@ -126,7 +126,7 @@ class FideDiffPipeline(DiffusionPipeline):
         kernel_controlnet ([`KernelControlNetModel`], *optional*): kernels, t-prediction and ControlNet residuals;
             ``None`` gives the base model.
         default_upscale_factor (`int`, defaults to 2): ``upscale_factor`` used when a call does not pass one
-            (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 4, sets 1).
+            (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 2, sets 1).
         color_fix_sigma (`float`, *optional*): when set (by a model trained with it), the output's lowest
             frequencies are taken from the blurry input (`training_utils.low_frequency_transfer`).
     """
@@ -259,6 +259,9 @@ class FideDiffPipeline(DiffusionPipeline):
         load = {"torch_dtype": dtype} if dtype is not None else {}
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **load)
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load)
+        if unet.config.in_channels != vae.config.latent_channels:
+            raise ValueError(f"{path}: unet/ takes {unet.config.in_channels} latent channels but vae/ makes "
+                             f"{vae.config.latent_channels}; the two must come from the same model")
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         embedding = FideDiffPromptEmbedding(num_tokens=77, embedding_dim=unet.config.cross_attention_dim)
         if init_prompt is not None:

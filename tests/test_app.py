@@ -72,7 +72,7 @@ def test_deblur_returns_same_size_image_kernels_and_blur_level(client, tmp_path)
     with Image.open(after) as restored:
         assert restored.size == (64, 48) and restored.format == "PNG"
     assert re.search(r"Blur level: t = \d+\*\* \(predicted by the model's t-regressor\)", text), text
-    assert re.search(r"n = \d+\.\d", text) and "d = 2" in text  # tiny VAE factor 4, upsampled 2x
+    assert re.search(r"n = \d+\.\d", text) and "d = 1" in text  # tiny VAE factor 2, upsampled 2x
     # The download is the full-resolution result, lossless, named after the upload.
     assert Path(download).name == "blurry photo_fidediff.png"
     assert np.array_equal(np.asarray(Image.open(download)), np.asarray(Image.open(after).convert("RGB")))
@@ -83,7 +83,7 @@ def test_manual_timestep_and_d8(client, tmp_path):
     image_path = _blurry_image(tmp_path / "b.png", size=(40, 32), seed=1)
     (_, after), _, text, _ = _predict(client, image_path, mode="manual", timestep=120, upscale_factor=1)
     assert Image.open(after).size == (40, 32)
-    assert "t = 120** (set by you)" in text and "n = 7.0" in text and "d = 4" in text
+    assert "t = 120** (set by you)" in text and "n = 7.0" in text and "d = 2" in text  # tiny VAE factor 2
     assert "The model's own estimate: t = " in text
 
 

@@ -119,6 +119,16 @@ def test_from_stable_diffusion_offline_hub_id_is_explained():
         FideDiffPipeline.from_stable_diffusion("stabilityai/stable-diffusion-2-1-base")
 
 
+def test_from_stable_diffusion_mismatched_unet_and_vae_is_explained(tmp_path):
+    from diffusers import AutoencoderKL
+
+    sd = tmp_path / "sd"
+    _write_tiny_stable_diffusion_folder(sd)
+    AutoencoderKL(**{**tiny_autoencoder_kl_config(), "latent_channels": 4}).save_pretrained(sd / "vae")
+    with pytest.raises(ValueError, match="unet/ takes 12 latent channels but vae/ makes 4"):
+        FideDiffPipeline.from_stable_diffusion(sd)
+
+
 def test_from_stable_diffusion_incomplete_folder(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ValueError, match="no vae/ folder"):

@@ -260,7 +260,7 @@ def test_ea_lpips_with_random_backbone_for_tests_only():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["--resolution", "30"], "multiple of 4"),
+    (["--resolution", "31"], "multiple of 2"),  # the tiny VAE's factor
     (["--upscale_factor", "3"], "must divide"),
     (["--frames", "7", "8"], "odd"),
 ])
@@ -311,3 +311,33 @@ def test_bf16_accumulation_checkpointing_lora_and_float32_export(data, tmp_path)
                      "--gradient_checkpointing", "--gradient_accumulation_steps", "2", "--train_batch_size", "1"])
     pipe = FideDiffPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.float32
+
+
+def test_stage1_latent_l1_uses_each_samples_own_sharp_latents():
+    """Stage 1 encodes each group's sharp frame once (for the GAN and the latent L1) and spreads it over the levels:
+    the latent term must equal L1(z0, encode(that sample's own sharp crop)), batch order included."""
+    from types import SimpleNamespace
+
+    from fidediff_pipeline.data import collate_trajectory_groups
+    from fidediff_pipeline.presets import build_pipeline
+    from fidediff_pipeline.training_utils import encode_latents
+
+    pipe = build_pipeline("tiny", seed=0)
+    torch.manual_seed(0)
+    # Two groups of three levels with different sharp frames, so a wrong group-to-sample mapping changes the term.
+    items = [{"blurry": torch.rand(3, 3, 16, 16), "sharp": torch.rand(3, 16, 16) * (g + 1) / 2,
+              "timesteps": torch.tensor([120, 200, 280]), "frames": torch.tensor([7, 11, 15]), "group": f"g{g}"}
+             for g in range(2)]
+    batch = collate_trajectory_groups(items)
+    args = SimpleNamespace(latent_weight=1.0, upscale_factor=1, color_fix_sigma=None, gan_weight=0.0,
+                           gan_loss="non_saturating", train_vae_decoder=False)
+    model = train_base.BaseStageModel(pipe.unet, pipe.prompt_embedding, pipe.vae, pipe.scheduler.alphas_cumprod,
+                                      args, None, None)
+    with torch.no_grad():
+        logs = model(batch)
+        z_t = encode_latents(pipe.vae, batch["blurry"] * 2 - 1, 1)
+        eps = pipe.unet(z_t, batch["timesteps"], encoder_hidden_states=pipe.prompt_embedding(6)).sample
+        a = pipe.scheduler.alphas_cumprod[batch["timesteps"]].view(-1, 1, 1, 1)
+        z0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+        expected = (z0 - encode_latents(pipe.vae, batch["sharp"] * 2 - 1, 1)).abs().mean()
+    torch.testing.assert_close(logs["latent"], expected, rtol=1e-5, atol=1e-6)

@@ -134,14 +134,19 @@ def build_ea_loss(args, device):
     return loss.to(device)
 
 
-def latent_l1_term(vae, z0: torch.Tensor, target: torch.Tensor, args) -> tuple[torch.Tensor, dict]:
-    """``latent_weight * L1(z0, encode(sharp))`` (``target`` in [-1, 1]) and its log entry; zero when off."""
+def latent_l1_term(vae, z0: torch.Tensor, target: torch.Tensor, args,
+                   z_sharp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """``latent_weight * L1(z0, encode(sharp))`` (``target`` in [-1, 1]) and its log entry; zero when off.
+
+    ``z_sharp``: the sharp latents when the caller already has them (stage 1 encodes them once for the GAN too).
+    """
     from fidediff_pipeline.training_utils import encode_latents
 
     if not args.latent_weight:
         return z0.new_zeros((), dtype=torch.float32), {}
-    with torch.no_grad():
-        z_sharp = encode_latents(vae, target.to(next(vae.parameters()).dtype), args.upscale_factor)
+    if z_sharp is None:
+        with torch.no_grad():
+            z_sharp = encode_latents(vae, target.to(next(vae.parameters()).dtype), args.upscale_factor)
     term = F.l1_loss(z0.float(), z_sharp.float())
     return args.latent_weight * term, {"latent": term.detach()}
 

@@ -5,7 +5,8 @@
 
 Data: the held-out photos of train/make_tiny.py (coffee, chelsea; never seen in training), short side 256 px,
 blurred with the project's camera-shake builder (``synthesize_trajectory_set``) at n = 7, 11, 15 along
-``--trajectories`` random trajectories per photo (seed ``--seed``, kernel size 11). Whole images, no crops.
+``--trajectories`` random trajectories per photo (seed ``--seed``, kernel window 31, the builder's default camera
+speed). Whole images, no crops.
 
 Metrics: PSNR and SSIM on uint8 RGB with scikit-image (``peak_signal_noise_ratio(data_range=255)``,
 ``structural_similarity(channel_axis=-1, data_range=255)``, i.e. per-channel SSIM, not MATLAB's 3-D variant).
@@ -13,7 +14,7 @@ Metrics: PSNR and SSIM on uint8 RGB with scikit-image (``peak_signal_noise_ratio
 Rows: the full model with t-prediction (``timestep="auto"``), with a fixed t = 200 and with the true t; the base
 model alone (``kernel_controlnet=None``) at t = 200 and at the true t; the "w/o CT" stage-1 model (trained with
 ``--no_consistency``) at t = 200; the t-regressor's mean absolute error per level; and the time for one 256 x 256
-image. This is a tiny CPU model trained for minutes on 9 photos, not the paper's SD 2.1 model.
+image. This is a tiny CPU model trained for minutes on 7 photos, not the paper's SD 2.1 model.
 """
 
 from __future__ import annotations
@@ -227,8 +228,8 @@ def main(argv=None):
         f"training), short side 256 px, whole images; {args.trajectories} random trajectories per photo from the "
         f"project's builder (`synthesize_trajectory_set`, seed {args.seed}, m = {DATA_KERNEL_SIZE}, camera speed "
         f"{SPEED_RANGE[0]}-{SPEED_RANGE[1]} px per frame), levels n = 7, 11, 15 "
-        f"({len(pairs) // len(LEVELS)} images per level). `upscale_factor=1` (the tiny VAE has factor 4, so this is "
-        "the paper's d = 4). PSNR / SSIM: scikit-image on uint8 RGB (per-channel SSIM).",
+        f"({len(pairs) // len(LEVELS)} images per level). `upscale_factor=1` (the tiny VAE has factor 2: d = 2; "
+        "the paper's d = 4 is SD's factor-8 VAE after 2x upsampling). PSNR / SSIM: scikit-image on uint8 RGB (per-channel SSIM).",
         "",
         fmt_table(rows, inputs),
         "",

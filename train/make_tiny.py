@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the bundled ``fidediff-tiny`` checkpoint from scratch with the project's own data builder and scripts.
 
-    python train/make_tiny.py --threads 2    # ~45 min on 2 CPU cores; writes fidediff_pipeline/checkpoints/fidediff-tiny
+    python train/make_tiny.py --threads 2    # ~57 min on 2 CPU cores; writes fidediff_pipeline/checkpoints/fidediff-tiny
     python train/make_tiny.py --steps_scale 0.02 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
 
 Steps (all deterministic given ``--seed``):
@@ -9,7 +9,8 @@ Steps (all deterministic given ``--seed``):
    hubble deep field, immunohistochemistry, motorcycle (left and right), retina.
    HELD OUT entirely (validation and evaluation only): coffee and chelsea.
 2. held-out data: ``synthesize_trajectory_set`` (the project's camera-shake builder) on the held-out photos,
-   levels n = 7, 11, 15, 3 trajectories per photo, kernel window m = 31, camera speed 1.2-2.4 px per frame.
+   levels n = 7, 11, 15, 3 trajectories per photo, kernel window m = 31, the builder's default camera speed
+   (``TrajectoryConfig().speed_range``, 1.0-1.6 px per frame).
    Training data are drawn on the fly from the same builder and settings (``--train_images``: a fresh
    trajectory and crop per item), levels n = 5..15.
 3. stage 0 ``train_vae.py`` (tiny VAE), stage 1 ``train_base.py`` (all UNet weights, rank 0: the tiny UNet is
@@ -19,8 +20,8 @@ Steps (all deterministic given ``--seed``):
    with ``--no_consistency`` and the same steps is kept in ``<work_dir>/base_noct/pipeline`` for
    ``train/evaluate_tiny.py``.
 
-The tiny model uses ``upscale_factor=1``: its VAE has factor 4, so that IS the paper's d = 4 (SD's VAE with the
-2x upsampling is 8 / 2 = 4); the exported model_index.json records it as ``default_upscale_factor``. It is
+The tiny model uses ``upscale_factor=1``: its VAE has factor 2, so its latents are at d = 2 (the paper's d = 4 is
+SD's factor-8 VAE after a 2x upsampling); the exported model_index.json records it as ``default_upscale_factor``. It is
 trained and exported with the low-frequency colour fix (``color_fix_sigma=12``): a from-scratch tiny VAE drifts
 in colour, and blur leaves the lowest frequencies of the input intact.
 """
@@ -49,15 +50,21 @@ TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistr
 HELDOUT_PHOTOS = ("coffee", "chelsea")
 EVAL_FRAMES = (7, 11, 15)
 TRAIN_FRAMES = (5, 7, 9, 11, 13, 15)
-KERNEL_SIZE = 11  # the tiny preset's Kernel ControlNet m (its reblur window; longer blur is approximated)
+# The Kernel ControlNet's m (the paper's and sd21-base's 19; the tiny preset's default 11 is for fast tests).
+# m = 11 held only 37% / 11% / 3% of the blur paths at n = 7 / 11 / 15 (1.0-1.6 px per frame, 500 paths):
+# longer paths saturate the kernel window, and the t-regressor, which reads the kernels, cannot tell them apart.
+# m = 19 holds 100% / 67% / 30%.
+KERNEL_SIZE = 19
 DATA_KERNEL_SIZE = 31  # the builder's default m: blur paths up to 14 px from the centre
-SPEED_RANGE = (1.2, 2.4)  # camera speed, px per 240 fps frame (builder default 0.8-1.8): clearly visible blur
+# The builder's default camera speed (1.0-1.6 px per 240 fps frame). t counts frames, not pixels: a wider speed
+# spread (1.2-2.4 was used before) makes n = 7 at full speed look like n = 11 at low speed, and t unpredictable.
+SPEED_RANGE = (1.0, 1.6)
 COLOR_FIX_SIGMA = 12.0  # low-frequency colour fix (training_utils.low_frequency_transfer), px
 SHORT_SIDE = 256
 UPSCALE = 1
 
 # Steps per stage at --steps_scale 1 (sized for ~40 min on this 2-core machine, see docs/tiny_results.md).
-STEPS = {"vae": 3500, "base": 1400, "kernel": 300, "kcn": 500, "base_noct": 700}
+STEPS = {"vae": 2500, "base": 1400, "kernel": 800, "kcn": 400, "base_noct": 600}
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -132,10 +139,10 @@ def stage_plan(args, work: Path) -> list[tuple[str, str, list[str]]]:
                               "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
                               "--edge_weight", "0.5"]),
     ]
-    # 64 px crops (16 x 16 latents): room for the longest blur paths (~27 px at n = 15).
+    # 64 px crops (32 x 32 latents): room for the longest blur paths (~27 px at n = 15).
     # --latent_weight (not in the paper): a from-scratch UNet learnt only a pass-through from the pixel losses.
     base_flags = ["--init_from", str(work / "vae" / "pipeline"), "--resolution", "64", "--train_batch_size", "4",
-                  "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "5e-4", "--latent_weight", "1.0",
+                  "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "1e-3", "--latent_weight", "1.0",
                   "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
                   "--edge_weight", "0.5", "--gan_weight", "0.01", "--gan_loss", "non_saturating",
                   "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
@@ -168,7 +175,7 @@ tags: [image-deblurring, motion-deblurring, fidediff, tiny, cpu]
 
 A **tiny CPU model, not the paper's**: the FideDiff method (one-step consistency-trained diffusion deblurring
 with a Kernel ControlNet and t-prediction) at the size of the project's `tiny` preset (a few million
-parameters, a factor-4 AutoencoderTiny (TAESD architecture) with 16 latent channels), trained from scratch in under an hour on a 2-core CPU by
+parameters, a factor-2 AutoencoderTiny (TAESD architecture) with 12 latent channels), trained from scratch in under an hour on a 2-core CPU by
 `python train/make_tiny.py` on seven scikit-image photos with synthetic camera-shake blur. It exists to run and
 test the code path offline; it is not a useful deblurring model for real photos. Results on held-out photos:
 `docs/tiny_results.md`.
@@ -176,7 +183,7 @@ test the code path offline; it is not a useful deblurring model for real photos.
 ```python
 from fidediff_pipeline import FideDiffPipeline, DEFAULT_MODEL
 pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
-out = pipe(image)  # uses the saved defaults: upscale_factor=1 (d = 4 with this VAE), colour fix sigma 12
+out = pipe(image)  # uses the saved defaults: upscale_factor=1 (d = 2 with this VAE), colour fix sigma 12
 ```
 """
 

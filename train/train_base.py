@@ -110,15 +110,19 @@ class BaseStageModel(nn.Module):
         loss = l1
         logs = {"l1": l1.detach()}
         ea, ea_logs = common.ea_lpips_terms(self._ea_loss, restored, target, self.args)
-        latent, latent_logs = common.latent_l1_term(self._vae, out.z0, target, self.args)
+        z_hq = None
+        if self._discriminator is not None or self.args.latent_weight:
+            with torch.no_grad():
+                # Each group's sharp frame is encoded once (the batch repeats it per level), for both the
+                # discriminator's real samples and the latent L1.
+                sharp = common.to_model_range(batch["sharp_per_group"]).to(device, vae_dtype)
+                z_hq = encode_latents(self._vae, sharp, self.upscale)
+        z_sharp = z_hq[batch["group_index"].to(device)] if z_hq is not None else None
+        latent, latent_logs = common.latent_l1_term(self._vae, out.z0, target, self.args, z_sharp=z_sharp)
         loss = loss + ea + latent
         logs.update(ea_logs)
         logs.update(latent_logs)
         if self._discriminator is not None:
-            with torch.no_grad():
-                # Each group's sharp frame is encoded once (the batch repeats it per level).
-                sharp = common.to_model_range(batch["sharp_per_group"]).to(device, vae_dtype)
-                z_hq = encode_latents(self._vae, sharp, self.upscale)
             self._discriminator.requires_grad_(False)  # G step: no gradients into D
             g_loss = generator_adversarial_loss(self._discriminator(out.z0.to(z_t.dtype)), self.gan_loss)
             loss = loss + self.gan_weight * g_loss

@@ -58,13 +58,16 @@ class VAEStageModel(nn.Module):
             # noise on every latent, which a small KL weight takes thousands of steps to shrink.
             z = posterior.sample() if self.sample_posterior else posterior.mode()
             kl = (posterior.kl() / posterior.mean[0].numel()).mean()
-        else:  # AutoencoderTiny: deterministic latents, no KL
-            z, kl = encoded.latents, x.new_zeros(())
+        else:  # AutoencoderTiny: deterministic latents, no KL (and none logged)
+            z, kl = encoded.latents, None
         recon = self.vae.decode(z).sample
         l1 = F.l1_loss(recon, x)
         edge = F.l1_loss(sobel_edges(recon), sobel_edges(x)) if self.edge_weight else recon.new_zeros(())
-        loss = l1 + self.kl_weight * kl + self.edge_weight * edge
-        return {"loss": loss, "l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach()}
+        loss = l1 + self.edge_weight * edge + (self.kl_weight * kl if kl is not None else 0.0)
+        logs = {"loss": loss, "l1": l1.detach(), "edge": edge.detach()}
+        if kl is not None:
+            logs["kl"] = kl.detach()
+        return logs
 
 
 class VAEStage(common.Stage):
