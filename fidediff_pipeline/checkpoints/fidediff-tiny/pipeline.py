@@ -126,7 +126,7 @@ class FideDiffPipeline(DiffusionPipeline):
         kernel_controlnet ([`KernelControlNetModel`], *optional*): kernels, t-prediction and ControlNet residuals;
             ``None`` gives the base model.
         default_upscale_factor (`int`, defaults to 2): ``upscale_factor`` used when a call does not pass one
-            (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 4, sets 1).
+            (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 2, sets 1).
         color_fix_sigma (`float`, *optional*): when set (by a model trained with it), the output's lowest
             frequencies are taken from the blurry input (`training_utils.low_frequency_transfer`).
     """
