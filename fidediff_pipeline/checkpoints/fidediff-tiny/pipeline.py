@@ -259,6 +259,9 @@ class FideDiffPipeline(DiffusionPipeline):
         load = {"torch_dtype": dtype} if dtype is not None else {}
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **load)
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load)
+        if unet.config.in_channels != vae.config.latent_channels:
+            raise ValueError(f"{path}: unet/ takes {unet.config.in_channels} latent channels but vae/ makes "
+                             f"{vae.config.latent_channels}; the two must come from the same model")
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         embedding = FideDiffPromptEmbedding(num_tokens=77, embedding_dim=unet.config.cross_attention_dim)
         if init_prompt is not None:
