@@ -42,6 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fidediff_pipeline.data import DEFAULT_KERNEL_SIZE, TrajectoryConfig  # noqa: E402
+
 logger = logging.getLogger("fidediff.make_tiny")
 
 # Colour photos only: with grey textures in the mix the from-scratch VAE learnt colour far more slowly.
@@ -55,15 +57,15 @@ TRAIN_FRAMES = (5, 7, 9, 11, 13, 15)
 # longer paths saturate the kernel window, and the t-regressor, which reads the kernels, cannot tell them apart.
 # m = 19 holds 100% / 67% / 30%.
 KERNEL_SIZE = 19
-DATA_KERNEL_SIZE = 31  # the builder's default m: blur paths up to 14 px from the centre
+DATA_KERNEL_SIZE = DEFAULT_KERNEL_SIZE  # the builder's default m (31): blur paths up to 14 px from the centre
 # The builder's default camera speed (1.0-1.6 px per 240 fps frame). t counts frames, not pixels: a wider speed
-# spread (1.2-2.4 was used before) makes n = 7 at full speed look like n = 11 at low speed, and t unpredictable.
-SPEED_RANGE = (1.0, 1.6)
+# spread (1.2-2.4 was used before) makes n = 7 at full speed as long as n = 13 at low speed, and t unpredictable.
+SPEED_RANGE = TrajectoryConfig().speed_range
 COLOR_FIX_SIGMA = 12.0  # low-frequency colour fix (training_utils.low_frequency_transfer), px
 SHORT_SIDE = 256
 UPSCALE = 1
 
-# Steps per stage at --steps_scale 1 (sized for ~40 min on this 2-core machine, see docs/tiny_results.md).
+# Steps per stage at --steps_scale 1 (sized for ~57 min on this 2-core machine, see docs/tiny_results.md).
 STEPS = {"vae": 2500, "base": 1400, "kernel": 800, "kcn": 400, "base_noct": 600}
 
 
@@ -100,7 +102,7 @@ def write_photos(names, folder: Path) -> list[Path]:
 
 
 def build_heldout_set(photos: list[Path], out_dir: Path, seed: int, trajectories: int = 3) -> Path:
-    from fidediff_pipeline.data import TrajectoryConfig, synthesize_trajectory_set
+    from fidediff_pipeline.data import synthesize_trajectory_set
 
     report = synthesize_trajectory_set(photos, out_dir, frames=EVAL_FRAMES, seed=seed + 1000,
                                        kernel_size=DATA_KERNEL_SIZE, trajectories_per_image=trajectories,
