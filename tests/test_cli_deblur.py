@@ -52,3 +52,123 @@ def test_unavailable_hub_model_is_one_readable_line(image_tree, tmp_path, capsys
     code = main(["deblur", str(image_tree / "a.png"), "-o", str(tmp_path / "o"), "--model", "someone/missing-model"])
     err = capsys.readouterr().err
     assert code == 2 and "someone/missing-model" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------- nothing is lost (issue 13)
+def _deblur(inputs, out, model, *extra):
+    return main(["deblur", *map(str, inputs), "-o", str(out), "--model", str(model), "--timestep", "200",
+                 "--upscale-factor", "1", "--device", "cpu", *extra])
+
+
+def _png(path, seed=0, size=(16, 16)):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_output_folder_equal_to_an_input_folder_is_refused_before_any_work(tmp_path, capsys):
+    s = tmp_path / "s"
+    _png(s / "a.png"), _png(s / "a_deblurred.png", seed=1)
+    before = {p.name: p.read_bytes() for p in s.iterdir()}
+    code = main(["deblur", str(s), "-o", str(s), "--model", "someone/missing-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is the input folder" in err and "missing-model" not in err
+    assert {p.name: p.read_bytes() for p in s.iterdir()} == before
+
+
+def test_output_folder_inside_the_inputs_is_never_read_again(tmp_path, tiny_pipeline_folder, capsys):
+    root = tmp_path / "in"
+    _png(root / "a.png")
+    out = root / "out"
+    assert _deblur([root], out, tiny_pipeline_folder) == 0
+    assert _deblur([root], out, tiny_pipeline_folder, "--no-skip-existing") == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.png"]
+    assert "wrote 1 image(s)" in capsys.readouterr().out
+
+
+def test_same_stem_different_extension_gets_distinct_outputs(tmp_path, tiny_pipeline_folder, capsys):
+    root = tmp_path / "in"
+    _png(root / "a.png")
+    PIL.Image.open(_png(root / "x.png", seed=1)).save(root / "a.jpg")
+    (root / "x.png").unlink()
+    out = tmp_path / "out"
+    assert _deblur([root], out, tiny_pipeline_folder) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_jpg.png", "a_png.png"]
+    assert "wrote 2 image(s)" in capsys.readouterr().out
+
+
+def test_unresolvable_collision_is_an_error_before_the_model_loads(tmp_path, capsys):
+    a, b = _png(tmp_path / "x" / "a.png"), _png(tmp_path / "y" / "a.png", seed=1)
+    code = main(["deblur", str(a), str(b), "-o", str(tmp_path / "out"), "--model", "someone/missing-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "would both be written to" in err and "missing-model" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys):
+    a = _png(tmp_path / "a.png")
+    (tmp_path / "out").write_text("not a folder")
+    code = main(["deblur", str(a), "-o", str(tmp_path / "out"), "--model", "someone/missing-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and "missing-model" not in err and "Traceback" not in err
+
+
+def test_skip_existing_keeps_finished_outputs_and_redoes_truncated_ones(tmp_path, tiny_pipeline_folder, capsys):
+    root = tmp_path / "in"
+    _png(root / "a.png"), _png(root / "b.png", seed=1)
+    out = tmp_path / "out"
+    assert _deblur([root], out, tiny_pipeline_folder) == 0
+    finished = (out / "a.png").read_bytes()
+    (out / "b.png").write_bytes((out / "b.png").read_bytes()[:40])  # what a kill left before issue 13
+    (out / "b.png.partial-123").write_bytes(b"junk")  # a temporary file of a killed run: never counts
+    capsys.readouterr()
+    assert _deblur([root], out, tiny_pipeline_folder) == 0
+    text = capsys.readouterr().out
+    assert "kept 1 finished output(s)" in text and "wrote 1 image(s)" in text
+    assert (out / "a.png").read_bytes() == finished
+    PIL.Image.open(out / "b.png").load()
+    # Everything finished: nothing to do, the model is not even loaded.
+    assert main(["deblur", str(root), "-o", str(out), "--model", "someone/missing-model"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import PIL.Image
+from fidediff_pipeline.cli import main
+real_save = PIL.Image.Image.save
+count = [0]
+def save(self, fp, *a, **k):
+    count[0] += 1
+    if count[0] == 2:  # the second output: write a few bytes, then die as with SIGKILL
+        with open(fp, "wb") as handle:
+            handle.write(b"\\x89PNG\\r\\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(self, fp, *a, **k)
+PIL.Image.Image.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_during_a_save_leaves_no_partial_output_and_a_rerun_resumes(tmp_path, tiny_pipeline_folder, capsys):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "in"
+    for i in range(3):
+        _png(root / f"{i}.png", seed=i)
+    out = tmp_path / "out"
+    args = ["deblur", str(root), "-o", str(out), "--model", str(tiny_pipeline_folder), "--timestep", "200",
+            "--upscale-factor", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *args], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == ["0.png"]  # never a partial 1.png
+    first = (out / "0.png").read_bytes()
+    assert main(args) == 0
+    assert "kept 1 finished output(s)" in capsys.readouterr().out
+    assert (out / "0.png").read_bytes() == first
+    for i in range(3):
+        PIL.Image.open(out / f"{i}.png").load()

@@ -41,22 +41,49 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("deblur", help="deblur image files and folders",
                                    description="Deblur image files and folders (recursively); outputs are PNG.")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("-o", "--output", required=True, help="output folder (created; inputs are never overwritten)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (created; inputs are never overwritten, and an output folder inside an "
+                             "input folder is left out of the inputs)")
     add_model_arguments(parser)
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: 40 million)")
+    parser.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep outputs that already exist (resume a folder after an interruption; default: on); "
+                             "--no-skip-existing deblurs them again")
     parser.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """``(file, path relative to the output folder)`` for every image under the inputs, in a stable order."""
+def _is_within(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def collect_inputs(inputs: list[str], output_dir: Path | None = None) -> list[tuple[Path, Path]]:
+    """``(file, path relative to the output folder)`` for every image under the inputs, in a stable order.
+
+    Files under ``output_dir`` are left out when it lies inside an input folder: the outputs of an earlier
+    run are never deblurred again. Leftover temporary files of an interrupted run never match (no image suffix).
+    """
+    out = output_dir.resolve() if output_dir is not None else None
     found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            if out is not None and path.resolve() == out:
+                raise ValueError(
+                    f"-o {output_dir} is the input folder {item}: outputs would be mixed with the inputs "
+                    f"and read again by the next run; use another folder, e.g. {Path(item) / 'deblurred'} "
+                    "(an output folder inside the inputs is left out of them)")
             for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-                found.append((file, file.relative_to(path).with_suffix(".png")))
+                if out is not None and _is_within(file.resolve(), out):
+                    continue  # an earlier run's output
+                if file.resolve() not in seen:
+                    seen.add(file.resolve())
+                    found.append((file, file.relative_to(path).with_suffix(".png")))
         elif path.is_file():
-            found.append((path, Path(path.name).with_suffix(".png")))
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                found.append((path, Path(path.name).with_suffix(".png")))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     return found
@@ -64,27 +91,92 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
 
 def output_path_for(relative: Path, output_dir: Path, input_files: set[Path]) -> Path:
     target = output_dir / relative
-    if target.resolve() in input_files:  # never overwrite an input, e.g. when -o is the input folder
+    if target.resolve() in input_files:  # never overwrite an input, e.g. when -o is the input file's folder
         target = target.with_name(f"{target.stem}_deblurred.png")
     return target
+
+
+def plan_outputs(files: list[tuple[Path, Path]], output_dir: Path) -> list[tuple[Path, Path]]:
+    """``(input, output)`` pairs with distinct outputs that are never an input, decided before any work.
+
+    Inputs that share a name up to the extension (``a.png`` and ``a.jpg``) keep their extension in the
+    output name (``a_png.png``, ``a_jpg.png``). A clash that remains (e.g. ``x/a.png`` and ``y/a.png`` given
+    as two files) is a ``ValueError`` naming both inputs.
+    """
+    input_files = {f.resolve() for f, _ in files}
+    by_relative: dict[Path, list[Path]] = {}
+    for file, relative in files:
+        by_relative.setdefault(relative, []).append(file)
+    planned: list[tuple[Path, Path]] = []
+    owner: dict[Path, Path] = {}
+    for file, relative in files:
+        if len(by_relative[relative]) > 1 and len({f.suffix.lower() for f in by_relative[relative]}) > 1:
+            relative = relative.with_name(f"{relative.stem}_{file.suffix.lower().lstrip('.')}.png")
+        target = output_path_for(relative, output_dir, input_files)
+        key = target.resolve()
+        if key in input_files:
+            raise ValueError(f"the output of {file} would be {target}, which is an input; use another -o folder")
+        if key in owner:
+            raise ValueError(f"{owner[key]} and {file} would both be written to {target}; "
+                             "rename one, or deblur them into separate -o folders")
+        owner[key] = file
+        planned.append((file, target))
+    return planned
+
+
+def is_finished_output(path: Path) -> bool:
+    """An output that exists completely: a PNG whose data decodes (an old truncated file is redone)."""
+    import PIL.Image
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means "not finished"
+        return False
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create ``-o`` now, so that a file in its place or a read-only parent fails before the model loads."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"-o {output_dir} is a file; it must be a folder (created if missing)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"-o {output_dir}: cannot create the output folder ({err.strerror or err})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"-o {output_dir}: the output folder is not writable")
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..atomic_io import save_image_atomic
     from ..image_processing import DEFAULT_MAX_PIXELS, load_image
     from ..loading import load_pipeline
 
-    files = collect_inputs(args.inputs)
+    output_dir = Path(args.output)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"-o {output_dir} is a file; it must be a folder (created if missing)")
+    files = collect_inputs(args.inputs, output_dir)
     if not files:
         raise ValueError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    output_dir = Path(args.output)
+    planned = plan_outputs(files, output_dir)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    todo = [(f, t) for f, t in planned if not (args.skip_existing and is_finished_output(t))]
+    kept = len(planned) - len(todo)
+    if kept:
+        print(f"kept {kept} finished output(s) in {output_dir} (--no-skip-existing redoes them)")
+    if not todo:
+        print(f"nothing to do: all {len(planned)} output(s) exist in {output_dir}")
+        return 0
+    prepare_output_dir(output_dir)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
-    input_files = {f.resolve() for f, _ in files}
     failures = 0
-    for file, relative in tqdm(files, desc="deblurring", unit="img", disable=len(files) < 2):
+    for file, target in tqdm(todo, desc="deblurring", unit="img", disable=len(todo) < 2):
         try:
             image = load_image(file, max_pixels=max_pixels)
             result = pipe(image, timestep=args.timestep, upscale_factor=args.upscale_factor, tile_size=args.tile_size,
@@ -93,10 +185,10 @@ def run(args) -> int:
             failures += 1
             print(f"skipped {file}: {err}", file=sys.stderr)
             continue
-        target = output_path_for(relative, output_dir, input_files)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        result.images[0].save(target)
+        # Temporary name + rename: a kill leaves no partial PNG under the final name for a rerun to keep.
+        save_image_atomic(result.images[0], target)
         tqdm.write(f"{file} -> {target} (t={result.timesteps[0]}, {result.timestep_sources[0]})")
-    written = len(files) - failures
-    print(f"wrote {written} image(s) to {output_dir}" + (f"; skipped {failures} (see above)" if failures else ""))
+    existing = sum(1 for _, target in planned if target.is_file())
+    print(f"wrote {existing - kept} image(s) to {output_dir}" + (f"; kept {kept} existing" if kept else "")
+          + (f"; skipped {failures} (see above)" if failures else ""))
     return 1 if failures else 0

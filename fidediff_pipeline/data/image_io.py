@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic_io import atomic_path
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -49,9 +51,8 @@ def save_png_atomic(image: np.ndarray, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if image.dtype != np.uint8:
         raise ValueError(f"save_png_atomic expects uint8; got {image.dtype}")
-    tmp = path.with_name(path.name + ".partial")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path
 
 
@@ -59,10 +60,8 @@ def save_npy_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Save an array as ``.npy`` (no pickle) via a temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
     return path
 
 

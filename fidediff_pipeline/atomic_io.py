@@ -1,0 +1,77 @@
+"""Writing files so that a crash leaves either the old file or the new one, never a partial one.
+
+Every file the project writes for a user (deblurred images, eval images and tables, data-builder outputs,
+checkpoints) goes to a temporary name in the same folder and is renamed into place with ``os.replace``,
+which is atomic on POSIX and Windows when both names are on one file system (same folder: always).
+Temporary names end in ``.partial-<pid>``: no image extension, so a folder scan never mistakes one for an
+input or a finished output, and two processes writing the same file never share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+PARTIAL_MARK = ".partial"
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """The temporary sibling of ``path`` this process writes before renaming (``<name>.partial-<pid>``)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}{PARTIAL_MARK}-{os.getpid()}")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for a leftover temporary file or folder of an interrupted write (never a finished output)."""
+    return PARTIAL_MARK in Path(path).name or ".tmp-" in Path(path).name
+
+
+def _fsync(path: Path) -> None:
+    # Rename without fsync is enough against a killed process; fsync also covers a power loss.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to ``path``, on error it is removed.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "hello.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("hi")
+        >>> target.read_text()
+        'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``Path.write_text`` through a temporary name."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_image_atomic(image, path: str | os.PathLike) -> Path:
+    """Save a PIL image as PNG through a temporary name (the format is PNG whatever the temporary suffix)."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
