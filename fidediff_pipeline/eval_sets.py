@@ -56,6 +56,20 @@ class EvalPair(NamedTuple):
     sharp: Path
 
 
+def inside_root(root: Path, relative: str, where: str) -> Path:
+    """``root / relative``, refused (``ValueError`` naming ``where``) when it resolves outside ``root``.
+
+    A list row such as ``../../etc/passwd`` (or an absolute path) must neither be read nor make the evaluation
+    write restored images outside its output folder.
+    """
+    path = Path(root) / relative
+    base = Path(root).resolve()
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise ValueError(f"{where}: {relative!r} points outside {root}; paths in the list must stay inside the root")
+    return path
+
+
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
     pattern = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -179,7 +193,8 @@ def realblur_pairs(root, variant: str = "J") -> list[EvalPair]:
             continue
         if len(fields) < 2:
             raise ValueError(f"{list_file} line {number}: expected '<gt path> <blur path>', got {line!r}")
-        sharp, blurry = root / fields[0], root / fields[1]
+        sharp, blurry = inside_root(root, fields[0], f"{list_file} line {number}"), inside_root(
+            root, fields[1], f"{list_file} line {number}")
         for path in (sharp, blurry):
             if not path.is_file():
                 raise FileNotFoundError(f"{list_file} line {number} names {path}, which does not exist")

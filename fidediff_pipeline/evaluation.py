@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .atomic_io import save_image_atomic, write_text_atomic
 from .eval_sets import EvalPair
 from .metrics import PSNR_DESCRIPTION, SSIM_VARIANT_DESCRIPTIONS, as_uint8_rgb, psnr, ssim_matlab3d, ssim_skimage
 
@@ -203,8 +205,14 @@ def restore_batch(restorer, images: Sequence[np.ndarray], timestep, upscale_fact
 
 
 def restored_image_path(output_dir, name: str) -> Path:
-    """Where ``save_images`` puts the restored image of ``name``: ``images/<name>`` with a ``.png`` suffix."""
-    return Path(output_dir) / IMAGES_DIR / Path(name).with_suffix(".png")
+    """Where ``save_images`` puts the restored image of ``name``: ``images/<name>`` with a ``.png`` suffix.
+
+    A name that would leave ``images/`` (``..`` parts, an absolute path) is a ``ValueError``.
+    """
+    relative = Path(name).with_suffix(".png")
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"image name {name!r} would be written outside {Path(output_dir) / IMAGES_DIR}")
+    return Path(output_dir) / IMAGES_DIR / relative
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -225,8 +233,12 @@ def read_rows(csv_path) -> dict[str, dict[str, str]]:
     path = Path(csv_path)
     if not path.is_file():
         return {}
-    with path.open(newline="") as handle:
-        return {row["name"]: row for row in csv.DictReader(handle)}
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a row cut short by a kill is not a finished row
+    # A row with missing cells (None) is unfinished too: it is measured again.
+    return {row["name"]: row for row in csv.DictReader(io.StringIO(text, newline=""))
+            if None not in row.values() and None not in row}
 
 
 def _write_rows(csv_path: Path, columns: list[str], rows: Iterable[Mapping]) -> None:
@@ -262,7 +274,7 @@ def _check_settings(output_dir: Path, fingerprint: dict) -> None:
                 f"{output_dir} holds results of a run with other settings ({details}); "
                 "use another --output folder or delete it to start over"
             )
-    path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -339,7 +351,9 @@ def evaluate(
     csv_path = output_dir / CSV_NAME
     rows = read_rows(csv_path)
     # A row is finished when every metric that can run now has a value; others are restored again.
-    todo = [p for p in pairs if not all(rows.get(p.name, {}).get(c, "") != "" for c in required)]
+    # With --save-images a row whose image is missing is not finished either.
+    todo = [p for p in pairs if not all(rows.get(p.name, {}).get(c, "") != "" for c in required)
+            or (save_images and not restored_image_path(output_dir, p.name).is_file())]
 
     from tqdm.auto import tqdm
 
@@ -365,11 +379,11 @@ def evaluate(
                     row = {"name": pair.name, "timestep": used_t, "timestep_source": source, "seconds": seconds}
                     row.update(image_metrics(image, sharp, protocol, perceptual))
                     row = {k: _format_cell(v) for k, v in row.items()}
+                    if save_images:  # image complete under its name before its row says it is done
+                        _save_png(image, restored_image_path(output_dir, pair.name))
                     writer.writerow({c: row.get(c, "") for c in columns})
                     handle.flush()  # a crash loses at most the image being measured
                     rows[pair.name] = row
-                    if save_images:
-                        _save_png(image, restored_image_path(output_dir, pair.name))
                     bar.update(1)
     finally:
         bar.close()
@@ -390,16 +404,15 @@ def evaluate(
         settings=settings,
         save_images=save_images,
     )
-    (output_dir / SUMMARY_JSON).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    (output_dir / SUMMARY_MD).write_text(summary_markdown(summary))
+    write_text_atomic(output_dir / SUMMARY_JSON, json.dumps(_json_safe(summary), indent=2) + "\n")
+    write_text_atomic(output_dir / SUMMARY_MD, summary_markdown(summary))
     return summary
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    save_image_atomic(Image.fromarray(image), path)  # temporary name + rename: never a partial PNG
 
 
 def _mean(rows: Sequence[Mapping[str, str]], column: str) -> float | None:
@@ -681,8 +694,8 @@ def sweep_timesteps(
             result["plot"] = "sweep.png"
         except ImportError as err:
             result["plot_unavailable"] = f"matplotlib is not installed ({err}); pip install matplotlib"
-    (output_dir / "sweep.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    (output_dir / "sweep.md").write_text(sweep_markdown(result))
+    write_text_atomic(output_dir / "sweep.json", json.dumps(_json_safe(result), indent=2) + "\n")
+    write_text_atomic(output_dir / "sweep.md", sweep_markdown(result))
     return result
 
 

@@ -423,3 +423,67 @@ def test_cli_main_eval_end_to_end_on_tiny_pipeline(tiny_pipeline_folder, tmp_pat
     capsys.readouterr()
     assert cli.main(["eval", "--dataset", "hide", "--root", str(tmp_path / "nope"), "--output", str(out)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- nothing is lost (issue 13)
+def test_save_images_writes_the_image_before_its_csv_row(tmp_path, monkeypatch):
+    pairs = load_eval_set("paired", make_paired(tmp_path / "set"))
+    out = tmp_path / "out"
+    real_save = evaluation._save_png
+    saved = []
+
+    def crash_on_second(image, path):
+        if len(saved) == 1:
+            raise KeyboardInterrupt  # a kill while the second image is written
+        real_save(image, path)
+        saved.append(path)
+
+    monkeypatch.setattr(evaluation, "_save_png", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(FakeRestorer(), pairs, out, dataset="paired", timestep=200, save_images=True, progress=False)
+    assert [r["name"] for r in _read_csv(out / "per_image.csv")] == ["img0.png"]  # no row without its image
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["img0.png"]  # no partial image left
+
+    monkeypatch.setattr(evaluation, "_save_png", real_save)
+    again = FakeRestorer()
+    evaluate(again, pairs, out, dataset="paired", timestep=200, save_images=True, progress=False)
+    assert again.images_restored == 2
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["img0.png", "img1.png", "img2.png"]
+
+
+def test_resume_with_save_images_redoes_rows_whose_image_is_missing(tmp_path):
+    pairs = load_eval_set("paired", make_paired(tmp_path / "set", n=2))
+    out = tmp_path / "out"
+    evaluate(FakeRestorer(), pairs, out, dataset="paired", timestep=200, save_images=True, progress=False)
+    (out / "images" / "img1.png").unlink()
+    again = FakeRestorer()
+    evaluate(again, pairs, out, dataset="paired", timestep=200, save_images=True, progress=False)
+    assert again.images_restored == 1 and (out / "images" / "img1.png").is_file()
+
+
+def test_a_csv_row_cut_short_by_a_kill_is_measured_again(tmp_path):
+    pairs = load_eval_set("paired", make_paired(tmp_path / "set", n=2))
+    out = tmp_path / "out"
+    evaluate(FakeRestorer(), pairs, out, dataset="paired", timestep=200, progress=False)
+    text = (out / "per_image.csv").read_text()
+    (out / "per_image.csv").write_text(text[: text.rindex("img1.png") + 20])  # torn last row
+    again = FakeRestorer()
+    evaluate(again, pairs, out, dataset="paired", timestep=200, progress=False)
+    assert again.images_restored == 1
+    assert [r["name"] for r in _read_csv(out / "per_image.csv")] == ["img0.png", "img1.png"]
+
+
+@pytest.mark.parametrize("row", ["../outside/gt.png scene/blur/blur_1.png", "scene/gt/gt_1.png ../../../../etc/passwd"])
+def test_realblur_list_rows_that_escape_the_root_are_refused(tmp_path, row):
+    root = tmp_path / "RealBlur"
+    _save(root / "scene" / "gt" / "gt_1.png", _sharp(0))
+    _save(root / "scene" / "blur" / "blur_1.png", _blur(_sharp(0)))
+    _save(tmp_path / "outside" / "gt.png", _sharp(0))
+    (root / "RealBlur_J_test_list.txt").write_text("scene/gt/gt_1.png scene/blur/blur_1.png\n" + row + "\n")
+    with pytest.raises(ValueError, match="line 2: .* points outside"):
+        load_eval_set("realblur_j", root)
+
+
+def test_restored_image_names_cannot_leave_the_images_folder(tmp_path):
+    with pytest.raises(ValueError, match="outside"):
+        evaluation.restored_image_path(tmp_path, "../../escape.png")

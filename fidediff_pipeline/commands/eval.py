@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from .. import evaluation
+from ..atomic_io import write_text_atomic
 from ..eval_sets import DATASETS, load_eval_set
 from .deblur import add_model_arguments
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = evaluation.evaluate(pipe, pairs, output, dataset=args.dataset, timestep=args.timestep, **common)
     if args.dataset in evaluation.PAPER_TABLE2:
-        (output / "paper_comparison.md").write_text(evaluation.paper_comparison_table([summary]))
+        write_text_atomic(output / "paper_comparison.md", evaluation.paper_comparison_table([summary]))
     print(evaluation.summary_markdown(summary))
     print(f"wrote {output / evaluation.CSV_NAME}, {output / evaluation.SUMMARY_JSON}, {output / evaluation.SUMMARY_MD}")
     return 0
