@@ -6,6 +6,7 @@ CPU, tiny preset, 32-48 px crops, a few steps each.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -341,3 +342,173 @@ def test_stage1_latent_l1_uses_each_samples_own_sharp_latents():
         z0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
         expected = (z0 - encode_latents(pipe.vae, batch["sharp"] * 2 - 1, 1)).abs().mean()
     torch.testing.assert_close(logs["latent"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints (issue 13)
+def _fake_checkpoint(folder: Path, rng: bytes | None = b"zip") -> Path:
+    """A checkpoint folder with the files accelerate writes (contents do not matter to the selection)."""
+    import zipfile
+
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "optimizer.bin").write_bytes(b"x")
+    if rng is not None:
+        if rng == b"zip":
+            with zipfile.ZipFile(folder / "random_states_0.pkl", "w") as archive:
+                archive.writestr("data", b"x")
+        else:
+            (folder / "random_states_0.pkl").write_bytes(rng)
+    return folder
+
+
+def test_latest_is_the_newest_complete_checkpoint_and_other_folders_are_ignored(tmp_path, caplog):
+    _fake_checkpoint(tmp_path / "checkpoint-2")
+    _fake_checkpoint(tmp_path / "checkpoint-10")
+    _fake_checkpoint(tmp_path / "checkpoint-7.old")  # a user's backup: not fatal, not picked
+    _fake_checkpoint(tmp_path / "checkpoint-12.tmp")  # a save that was killed: never picked
+    (tmp_path / "checkpoint-11").mkdir()  # partial folder of an older, non-atomic save
+    (tmp_path / "checkpoint-11" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "pipeline").mkdir()
+    args = argparse.Namespace(resume_from_checkpoint="latest", output_dir=str(tmp_path))
+    with caplog.at_level("INFO", logger="fidediff.train"):
+        assert common.find_resume_checkpoint(args) == tmp_path / "checkpoint-10"
+    assert "checkpoint-10" in caplog.text and "ignoring" in caplog.text and "checkpoint-11" in caplog.text
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints_only(tmp_path):
+    for step in (2, 4, 6):
+        _fake_checkpoint(tmp_path / f"checkpoint-{step}")
+    _fake_checkpoint(tmp_path / "checkpoint-3.old")
+    common.prune_checkpoints(str(tmp_path), 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3.old", "checkpoint-4", "checkpoint-6"]
+
+
+@pytest.mark.parametrize("rng", [None, b""])
+def test_missing_or_empty_rng_state_warns_that_resume_is_not_exact(tmp_path, caplog, rng):
+    ckpt = _fake_checkpoint(tmp_path / "checkpoint-2", rng=rng)
+    with caplog.at_level("WARNING", logger="fidediff.train"):
+        common.warn_if_rng_state_unusable(ckpt, 0)
+    assert "no longer exact" in caplog.text
+    caplog.clear()
+    common.warn_if_rng_state_unusable(_fake_checkpoint(tmp_path / "checkpoint-4"), 0)
+    assert "no longer exact" not in caplog.text
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: no ``except Exception`` and no cleanup code runs."""
+
+
+_RESUME_ARGS = ["--preset", "tiny", "--lora_rank", "0", "--lpips_weight", "0", "--gan_weight", "0.1",
+                "--lr_scheduler", "cosine", "--lr_warmup_steps", "1", "--learning_rate", "1e-3"]
+
+
+def _kill_at(monkeypatch, phase: str) -> None:
+    """Arm a kill at ``phase`` of the SECOND checkpoint save (step 4; checkpoint-2 exists and is the only one kept)."""
+    import accelerate.checkpointing as ckpt_module
+
+    saves = {"n": 0}
+    real_save_checkpoint, real_save = common.save_checkpoint, ckpt_module.save
+    real_publish, real_prune = common.publish_checkpoint, common.prune_checkpoints
+
+    def save_checkpoint(accelerator, output_dir, step):
+        saves["n"] += 1
+        return real_save_checkpoint(accelerator, output_dir, step)
+
+    def armed():
+        return saves["n"] == 2
+
+    files = {"n": 0}
+
+    def save(obj, path, *args, **kwargs):  # accelerate's writer of model / optimizer / scheduler files
+        result = real_save(obj, path, *args, **kwargs)
+        if armed():
+            files["n"] += 1
+            if phase == "after_model_file" and files["n"] == 1:
+                raise _Killed
+            if phase == "mid_optimizer_file" and Path(path).name == "optimizer.bin":
+                data = Path(path).read_bytes()
+                Path(path).write_bytes(data[: len(data) // 2])  # a torn write
+                raise _Killed
+            if phase == "after_optimizer_files" and Path(path).name.startswith("scheduler"):
+                raise _Killed
+        return result
+
+    def publish(tmp, final):
+        if armed() and phase == "before_rename":
+            raise _Killed
+        return real_publish(tmp, final)
+
+    def prune(output_dir, limit):
+        if armed() and phase == "before_prune":
+            raise _Killed
+        return real_prune(output_dir, limit)
+
+    monkeypatch.setattr(common, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(ckpt_module, "save", save)
+    monkeypatch.setattr(common, "publish_checkpoint", publish)
+    monkeypatch.setattr(common, "prune_checkpoints", prune)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    out = tmp_path_factory.mktemp("straight")
+    train_base.main([*_RESUME_ARGS, *_flags(data, out, steps=4, checkpointing_steps=2, validation_steps=100)])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["after_model_file", "mid_optimizer_file", "after_optimizer_files", "before_rename",
+                                   "before_prune"])
+def test_kill_at_each_phase_of_a_checkpoint_save_then_resume_is_bit_identical(data, tmp_path, monkeypatch,
+                                                                               straight_run, phase):
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "run"
+    flags = [*_RESUME_ARGS, *_flags(data, out, steps=4, checkpointing_steps=2, validation_steps=100),
+             "--checkpoints_total_limit", "1"]
+    with monkeypatch.context() as patch:
+        _kill_at(patch, phase)
+        with pytest.raises(_Killed):
+            train_base.main(flags)
+    # What the kill leaves: the older checkpoint is whole; checkpoint-4 is complete or absent.
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    if phase == "before_prune":
+        assert names == ["checkpoint-2", "checkpoint-4"]
+    else:
+        assert names == ["checkpoint-2", "checkpoint-4.tmp"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train_base.main([*flags, "--resume_from_checkpoint", "latest"])
+    # Resumed at step 2 the new save replaces the leftover .tmp and prunes; resumed at step 4 nothing is saved.
+    kept = ["checkpoint-2", "checkpoint-4"] if phase == "before_prune" else ["checkpoint-4"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == kept
+    assert (out / "weights_digest_rank0.txt").read_text() == (straight_run / "weights_digest_rank0.txt").read_text()
+    a, b = _unet_and_embedding(straight_run / "pipeline"), _unet_and_embedding(out / "pipeline")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--learning_rate=-1e-3"], "--learning_rate must be a finite number > 0"),
+    (["--learning_rate=nan"], "--learning_rate must be a finite number > 0"),
+    (["--learning_rate=0"], "--learning_rate must be a finite number > 0"),
+    (["--max_grad_norm=-1"], "--max_grad_norm must be >= 0"),
+    (["--lr_warmup_steps=-5"], "--lr_warmup_steps must be >= 0"),
+    (["--checkpoints_total_limit=-1"], "--checkpoints_total_limit must be >= 1"),
+])
+def test_out_of_range_flags_fail_before_training(data, tmp_path, bad, message):
+    with pytest.raises(SystemExit, match=message):
+        train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "out"), "--lpips_weight", "0", *bad])
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_is_a_file_and_empty_train_images_fail_before_training(data, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="--output_dir .* is a file"):
+        train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "file"), "--lpips_weight", "0"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="--train_images: no images"):
+        train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "out", train_images=tmp_path / "empty"),
+                         "--lpips_weight", "0"])

@@ -174,6 +174,16 @@ def validate_common_args(args, vae_factor: int | None = None) -> None:
             raise SystemExit(f"error: --{name} must be >= 1; got {getattr(args, name)}")
     if any(n < 1 or n % 2 == 0 for n in args.frames):
         raise SystemExit(f"error: --frames must be odd numbers >= 1 (frames averaged); got {args.frames}")
+    check_optimisation_args(args)
+    if args.train_images:
+        from fidediff_pipeline.data.trajectories import list_images
+
+        try:
+            list_images(args.train_images)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"error: --train_images: {err}") from None
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise SystemExit(f"error: --output_dir {args.output_dir} is a file; it must be a folder (created if missing)")
     if args.train_images and args.levels_per_group > len(set(args.frames)):
         raise SystemExit(f"error: --levels_per_group {args.levels_per_group} > the {len(set(args.frames))} levels in --frames")
     if vae_factor is not None:
@@ -185,6 +195,19 @@ def validate_common_args(args, vae_factor: int | None = None) -> None:
                              f"(VAE factor {vae_factor} / upscale {args.upscale_factor}) so that latents are whole")
         if args.validation_crop and args.validation_crop % multiple:
             raise SystemExit(f"error: --validation_crop must be a multiple of {multiple}")
+
+
+def check_optimisation_args(args) -> None:
+    """Range checks of the optimiser and checkpoint flags (``not x > 0`` also catches NaN, which compares false to everything)."""
+    if not args.learning_rate > 0 or args.learning_rate == float("inf"):
+        raise SystemExit(f"error: --learning_rate must be a finite number > 0; got {args.learning_rate}")
+    if not args.max_grad_norm >= 0:
+        raise SystemExit(f"error: --max_grad_norm must be >= 0 (0 turns clipping off); got {args.max_grad_norm}")
+    if args.lr_warmup_steps < 0:
+        raise SystemExit(f"error: --lr_warmup_steps must be >= 0; got {args.lr_warmup_steps}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise SystemExit(f"error: --checkpoints_total_limit must be >= 1 (checkpoints kept); "
+                         f"got {args.checkpoints_total_limit}")
 
 
 # ================================================================================================ models
@@ -394,33 +417,120 @@ def run_validation(pipe, pairs, args, step: int, accelerator, timestep_mode: str
 
 
 # ================================================================================================ checkpoints
+# A checkpoint is complete or absent: accelerate writes it into ``checkpoint-<step>.tmp`` and only the finished
+# folder is renamed to ``checkpoint-<step>``; old ones are pruned after that. Anything else in the output folder
+# (a ``.tmp`` left by a kill, ``checkpoint-7.old``, ``pipeline``) is not a checkpoint and is ignored.
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+TMP_CHECKPOINT_SUFFIX = ".tmp"
+
+
 def find_resume_checkpoint(args) -> Path | None:
-    """The checkpoint folder to resume from (``latest`` = highest step), or None to start fresh."""
+    """The checkpoint folder to resume from (``latest`` = the newest complete one, logged), or None to start fresh."""
     if not args.resume_from_checkpoint:
         return None
     if args.resume_from_checkpoint != "latest":
         path = Path(args.resume_from_checkpoint)
         if not path.is_dir():
             raise SystemExit(f"error: --resume_from_checkpoint {path} is not a folder")
+        if not CHECKPOINT_PATTERN.fullmatch(path.name):
+            raise SystemExit(f"error: --resume_from_checkpoint {path} is not named checkpoint-<step>")
+        if not checkpoint_is_complete(path):
+            raise SystemExit(f"error: --resume_from_checkpoint {path} is incomplete (no model or optimizer file)")
         return path
-    found = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: checkpoint_step(p))
+    found = list_checkpoints(args.output_dir)
+    if found:
+        logger.info("--resume_from_checkpoint latest: %s (the newest complete checkpoint of %d)", found[-1], len(found))
     return found[-1] if found else None
 
 
 def checkpoint_step(path: Path) -> int:
-    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    match = CHECKPOINT_PATTERN.fullmatch(Path(path).name)
     if not match:
         raise SystemExit(f"error: {path} is not named checkpoint-<step>")
     return int(match.group(1))
 
 
+def checkpoint_is_complete(path: Path) -> bool:
+    """Model and optimizer files present. Checkpoints of this version are complete by construction (renamed when
+    finished); this also keeps a partial folder left by an older, non-atomic save from being resumed."""
+    names = [p.name for p in Path(path).iterdir()] if Path(path).is_dir() else []
+    has_model = any(n.startswith(("model", "pytorch_model")) and n.endswith((".safetensors", ".bin")) for n in names)
+    has_optimizer = any(n.startswith("optimizer") and n.endswith(".bin") for n in names)
+    return has_model and has_optimizer
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete ``checkpoint-<int>`` folders of ``output_dir``, oldest first; other names are ignored."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        if not (path.is_dir() and CHECKPOINT_PATTERN.fullmatch(path.name)):
+            continue
+        if checkpoint_is_complete(path):
+            found.append(path)
+        else:
+            logger.warning("ignoring %s: incomplete (no model or optimizer file; an interrupted save)", path)
+    return sorted(found, key=checkpoint_step)
+
+
 def prune_checkpoints(output_dir: str, limit: int | None) -> None:
-    """Keep at most ``limit - 1`` old checkpoints before a new one is written (diffusers' convention)."""
+    """Keep the newest ``limit`` complete checkpoints; called only after the newest one is complete."""
     if not limit:
         return
-    found = sorted(Path(output_dir).glob("checkpoint-*"), key=checkpoint_step)
-    for old in found[: max(len(found) - limit + 1, 0)]:
+    found = list_checkpoints(output_dir)
+    for old in found[: max(len(found) - limit, 0)]:
         shutil.rmtree(old)
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int) -> Path:
+    """``accelerator.save_state`` into ``checkpoint-<step>.tmp``, then rename it to ``checkpoint-<step>``.
+
+    Every process writes into the same temporary folder (its own RNG file); the main process renames. A kill at
+    any point leaves the previous checkpoints untouched and at most a ``.tmp`` folder, which is ignored on resume
+    and removed by the next save.
+    """
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + TMP_CHECKPOINT_SUFFIX)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save of the same step
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_checkpoint(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def publish_checkpoint(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary checkpoint into place (a same-step checkpoint already there is replaced)."""
+    if final.exists():  # e.g. a run resumed from an earlier checkpoint saves this step again
+        aside = final.with_name(final.name + f"{TMP_CHECKPOINT_SUFFIX}-replaced-{os.getpid()}")
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def warn_if_rng_state_unusable(checkpoint: Path, process_index: int) -> None:
+    """Accelerate skips a missing or unreadable RNG file with an INFO line nobody sees; say it loudly.
+
+    ``torch.save`` writes a zip archive, so a readable one is checked without unpickling it.
+    """
+    import zipfile
+
+    path = Path(checkpoint) / f"random_states_{process_index}.pkl"
+    problem = None
+    if not path.is_file():
+        problem = "is missing"
+    elif path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        problem = "is empty or unreadable"
+    if problem:
+        logger.warning("%s %s: random states were not restored, so this resume is no longer exact "
+                       "(results will differ from an uninterrupted run)", path, problem)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -545,6 +655,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     resume = find_resume_checkpoint(args)
     if resume is not None:
         accelerator.load_state(str(resume))
+        warn_if_rng_state_unusable(resume, accelerator.process_index)
         global_step = checkpoint_step(resume)
         logger.info("resumed from %s at step %d", resume, global_step)
     elif args.resume_from_checkpoint:
@@ -615,10 +726,9 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
 
         stopping = bool(args.max_steps_this_run) and global_step - first_step >= args.max_steps_this_run
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps or stopping:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
+            save_checkpoint(accelerator, args.output_dir, global_step)  # complete or absent, never partial
+            if accelerator.is_main_process:  # only now: a kill during the save keeps the older checkpoints
                 prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-            accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
 
         if accelerator.is_main_process and pairs and (global_step % args.validation_steps == 0
                                                       or global_step == args.max_train_steps):
