@@ -164,3 +164,34 @@ def reblur_loss(sharp: torch.Tensor, blurry: torch.Tensor, kernels: torch.Tensor
 def time_regression_loss(predicted: torch.Tensor, target: torch.Tensor, num_train_timesteps: int = 1000) -> torch.Tensor:
     """``L_time``: L2 between predicted and true ``t``, both divided by ``num_train_timesteps`` (t/1000 scale)."""
     return F.mse_loss(predicted.float() / num_train_timesteps, target.float() / num_train_timesteps)
+
+
+def frequency_l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the 2-D spectra (``rfft2``, orthonormal) of two image batches ``[B, C, H, W]``.
+
+    Not in the FideDiff paper: the frequency-domain term of deblurring networks (MIMO-UNet's FFT loss, also used by
+    NAFNet-style recipes). Blur removes high frequencies; a pixel L1 weighs them by their small energy, this term
+    weighs every frequency's error equally. Orthonormal scaling keeps it on the scale of a pixel L1.
+    """
+    a = torch.fft.rfft2(restored.float(), norm="ortho")
+    b = torch.fft.rfft2(target.float(), norm="ortho")
+    return (a - b).abs().mean()
+
+
+def kernel_supervision_loss(predicted: torch.Tensor, true_kernels: torch.Tensor) -> torch.Tensor:
+    """L1 between every pixel's predicted kernel ``[B, m*m, H, W]`` and its sample's true kernel ``[B, M, M]``.
+
+    Not in the paper (which trains M by reblurring only): with synthetic data the builder knows the true kernel,
+    and direct supervision makes M's kernels follow the blur's direction and length. A true kernel larger than
+    ``m`` is centre-cropped and renormalised (its tails beyond the window cannot be represented anyway).
+    """
+    m = int(round(predicted.shape[1] ** 0.5))
+    big = true_kernels.shape[-1]
+    if big < m:
+        raise ValueError(f"true kernels ({big}x{big}) are smaller than the predicted ones ({m}x{m})")
+    start = (big - m) // 2
+    crop = true_kernels[:, start: start + m, start: start + m].float()
+    crop = crop / crop.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+    target = crop.reshape(crop.shape[0], m * m, 1, 1).to(predicted.device)
+    # Summed over taps (a per-pixel L1 distance between distributions, in [0, 2]), averaged over pixels.
+    return (predicted.float() - target).abs().sum(dim=1).mean()

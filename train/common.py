@@ -62,6 +62,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="kernel size m of on-the-fly trajectories (default: the Kernel ControlNet's m, else 31)")
     g.add_argument("--synth_speed_range", type=float, nargs=2, default=None,
                    help="camera speed range (px per 240 fps frame) of on-the-fly trajectories (default: the builder's)")
+    g.add_argument("--synth_shake", type=str, default="handheld", choices=["handheld", "strong"],
+                   help="camera model of on-the-fly trajectories (fidediff_pipeline.data.trajectories.SHAKE_PRESETS)")
     g.add_argument("--synth_noise_std", type=float, default=0.0)
     g.add_argument("--validation_manifest", type=str, default=None, help="held-out manifest for validation PSNR")
     g.add_argument("--resolution", type=int, default=256, help="training crop size (pixels)")
@@ -99,7 +101,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--tracker_project_name", type=str, default=None)
     g.add_argument("--log_every", type=int, default=10, help="print losses every N steps")
     g.add_argument("--validation_steps", type=int, default=500)
-    g.add_argument("--num_validation_images", type=int, default=4)
+    g.add_argument("--num_validation_images", type=int, default=4, help="validation crops shown in the image strips")
+    g.add_argument("--num_validation_pairs", type=int, default=8,
+                   help="held-out pairs scored at each validation (0: every pair of --validation_manifest)")
     g.add_argument("--validation_crop", type=int, default=128, help="centre-ish crop of validation images (0: whole)")
     return p
 
@@ -113,6 +117,9 @@ def add_perceptual_args(parser) -> None:
                    help="TESTS ONLY: LPIPS with a random backbone (no download); not a perceptual loss")
     g.add_argument("--edge_weight", type=float, default=1.0,
                    help="weight of EA-LPIPS's Sobel-edge L1 term (independent of --lpips_weight, so it also works without LPIPS)")
+    g.add_argument("--fft_weight", type=float, default=0.0,
+                   help="NOT IN THE PAPER (0 = off): L1 between the spectra of output and target "
+                        "(fidediff_pipeline.losses.frequency_l1_loss), as deblurring networks use")
     g.add_argument("--latent_weight", type=float, default=0.0,
                    help="NOT IN THE PAPER (0 = off): L1 between z0 and the sharp image's latents. The tiny recipe uses "
                         "it: a direct target that does not pass through a from-scratch decoder")
@@ -122,8 +129,9 @@ def build_ea_loss(args, device):
     """The EA-LPIPS module, or None when both weights are 0. Checks the LPIPS backbone BEFORE training."""
     from fidediff_pipeline.losses import EALPIPSLoss
 
-    if args.lpips_weight < 0 or args.edge_weight < 0 or args.latent_weight < 0:
-        raise SystemExit("error: --lpips_weight, --edge_weight and --latent_weight must be >= 0 (0 turns a term off)")
+    if min(args.lpips_weight, args.edge_weight, args.latent_weight, args.fft_weight) < 0:
+        raise SystemExit("error: --lpips_weight, --edge_weight, --latent_weight and --fft_weight must be >= 0 "
+                         "(0 turns a term off)")
     if args.lpips_weight == 0 and args.edge_weight == 0:
         return None
     net = args.lpips_net if args.lpips_weight > 0 else None
@@ -149,6 +157,16 @@ def latent_l1_term(vae, z0: torch.Tensor, target: torch.Tensor, args,
             z_sharp = encode_latents(vae, target.to(next(vae.parameters()).dtype), args.upscale_factor)
     term = F.l1_loss(z0.float(), z_sharp.float())
     return args.latent_weight * term, {"latent": term.detach()}
+
+
+def frequency_term(restored, target, args) -> tuple[torch.Tensor, dict]:
+    """``fft_weight * frequency_l1_loss`` and its log entry; zero when off."""
+    from fidediff_pipeline.losses import frequency_l1_loss
+
+    if not args.fft_weight:
+        return restored.new_zeros((), dtype=torch.float32), {}
+    term = frequency_l1_loss(restored, target)
+    return args.fft_weight * term, {"fft": term.detach()}
 
 
 def ea_lpips_terms(ea_loss, restored, target, args) -> tuple[torch.Tensor, dict]:
@@ -320,7 +338,8 @@ def build_train_dataset(args, groups_per_batch_levels: int, kernel_size: int | N
     small = [img.shape for img in images if min(img.shape[:2]) < args.resolution]
     if small:
         raise SystemExit(f"error: some --train_images are smaller than --resolution {args.resolution}: {small}")
-    config = TrajectoryConfig(speed_range=tuple(args.synth_speed_range)) if args.synth_speed_range else None
+    speed = {"speed_range": tuple(args.synth_speed_range)} if args.synth_speed_range else {}
+    config = TrajectoryConfig.preset(args.synth_shake, **speed)
     m = args.synth_kernel_size or kernel_size or 31
     # Many more "groups" than photos: every item is a fresh trajectory and crop of one of the photos.
     return InMemoryTrajectoryGroupDataset(
@@ -392,7 +411,7 @@ def run_validation(pipe, pairs, args, step: int, accelerator, timestep_mode: str
     """Deblur the validation crops with the pipeline (the inference code path), log PSNR and image strips."""
     if not pairs:
         return {}
-    in_psnr, out_psnr, strips = [], [], []
+    in_psnr, out_psnr, strips, levels = [], [], [], []
     for item in pairs:
         t = int(item["timestep"]) if timestep_mode == "given" else "auto"
         with accelerator.autocast():  # frozen parts may be in the mixed-precision dtype
@@ -401,9 +420,13 @@ def run_validation(pipe, pairs, args, step: int, accelerator, timestep_mode: str
         sharp, blurry, restored = to_uint8(item["sharp"]), to_uint8(item["blurry"]), to_uint8(restored)
         in_psnr.append(psnr_uint8(blurry, sharp))
         out_psnr.append(psnr_uint8(restored, sharp))
+        levels.append(int(item["timestep"]))
         strips.append(np.concatenate([blurry, restored, sharp], axis=1))
     logs = {"val/psnr_input": float(np.mean(in_psnr)), "val/psnr_output": float(np.mean(out_psnr))}
     logs["val/psnr_gain"] = logs["val/psnr_output"] - logs["val/psnr_input"]
+    gains = np.array(out_psnr) - np.array(in_psnr)
+    for t in sorted(set(levels)):  # per blur level: a mean can hide a level that gets worse
+        logs[f"val/psnr_gain_t{t}"] = float(gains[np.array(levels) == t].mean())
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     grid = np.concatenate(strips[: args.num_validation_images], axis=0)
@@ -414,6 +437,39 @@ def run_validation(pipe, pairs, args, step: int, accelerator, timestep_mode: str
         if tracker.name == "tensorboard":
             tracker.writer.add_images("validation (blurry | restored | sharp)", grid[None], step, dataformats="NHWC")
     return logs
+
+
+def read_validation_history(output_dir) -> list[dict]:
+    path = Path(output_dir) / "validation_history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def record_validation(args, stage, step: int, seconds: float, val: dict) -> None:
+    """Append a validation to ``<output_dir>/validation_history.json`` (the learning curve: step, training seconds,
+    held-out gains) and, when ``val/psnr_gain`` is the best so far, export the pipeline to
+    ``<output_dir>/best_pipeline`` (validation-based checkpoint selection; written to a temporary folder first)."""
+    history = [h for h in read_validation_history(args.output_dir) if h["step"] < step]
+    best = max((h["val"].get("val/psnr_gain", -np.inf) for h in history), default=-np.inf)
+    history.append({"step": step, "seconds": round(seconds, 1), "val": val})
+    path = Path(args.output_dir) / "validation_history.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, path)
+    gain = val.get("val/psnr_gain")
+    if gain is None or gain <= best:
+        return
+    target = Path(args.output_dir) / "best_pipeline"
+    tmp_dir = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    stage.export(str(tmp_dir))
+    (tmp_dir / "best.json").write_text(json.dumps({"step": step, **val}, indent=1))
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp_dir, target)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("[%s] best validation gain so far (%.3f dB at step %d): exported to %s", stage.name, gain, step, target)
 
 
 # ================================================================================================ checkpoints
@@ -665,7 +721,8 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     loader = build_train_loader(args, accelerator, start_micro_batch=global_step * ga, consistency=stage.consistency,
                                 kernel_size=stage.kernel_size, with_kernels=stage.with_kernels)
     batches = iter(loader)
-    pairs = validation_pairs(args, limit=max(args.num_validation_images, 8)) if accelerator.is_main_process else []
+    limit = max(args.num_validation_pairs, args.num_validation_images) if args.num_validation_pairs else None
+    pairs = validation_pairs(args, limit=limit) if accelerator.is_main_process else []
     logger.info("stage %s: %d trainable parameters, %d processes, %d steps (batch %d groups x %d levels, accumulation %d)",
                 stage.name, sum(p.numel() for p in params), accelerator.num_processes, args.max_train_steps,
                 args.train_batch_size if stage.consistency else args.train_batch_size * args.levels_per_group,
@@ -674,6 +731,9 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     logs: dict = {}
     history: list[float] = []  # the total loss of every step (train_summary.json; used by the tests)
     start_time, last_print = time.time(), time.time()
+    # Training minutes of earlier invocations (resumed runs), so the learning curve's time axis is cumulative.
+    earlier = read_validation_history(args.output_dir) if resume is not None else []
+    elapsed_before = earlier[-1]["seconds"] if earlier else 0.0
     first_step = global_step
     while global_step < args.max_train_steps:
         if args.max_steps_this_run and global_step - first_step >= args.max_steps_this_run:
@@ -737,6 +797,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
             if val:
                 accelerator.log(val, step=global_step)
                 logs.update(val)
+                record_validation(args, stage, global_step, time.time() - start_time + elapsed_before, val)
                 logger.info("[%s] validation at step %d: %s", stage.name, global_step,
                             " ".join(f"{k}={v:.3f}" for k, v in val.items()))
 

@@ -1,24 +1,33 @@
 #!/usr/bin/env python
 """Build the bundled ``fidediff-tiny`` checkpoint from scratch with the project's own data builder and scripts.
 
-    python train/make_tiny.py --threads 2    # ~57 min on 2 CPU cores; writes fidediff_pipeline/checkpoints/fidediff-tiny
-    python train/make_tiny.py --steps_scale 0.02 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
+    python train/make_tiny.py                # ~90 min on this 2-core CPU; writes fidediff_pipeline/checkpoints/fidediff-tiny
+    python train/make_tiny.py --device cuda  # the same recipe on a GPU
+    python train/make_tiny.py --steps_scale 0.01 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
 
-Steps (all deterministic given ``--seed``):
-1. photos: scikit-image's colour sample photos, short side resized to 256 px. Training: astronaut, rocket,
-   hubble deep field, immunohistochemistry, motorcycle (left and right), retina.
-   HELD OUT entirely (validation and evaluation only): coffee and chelsea.
-2. held-out data: ``synthesize_trajectory_set`` (the project's camera-shake builder) on the held-out photos,
-   levels n = 7, 11, 15, 3 trajectories per photo, kernel window m = 31, the builder's default camera speed
-   (``TrajectoryConfig().speed_range``, 1.0-1.6 px per frame).
+Steps (all deterministic given ``--seed`` and the device):
+1. training content (``<work_dir>/photos/train``): every usable sample photo that installed packages ship, short
+   side resized to 256 px: scikit-image's colour photos (astronaut, rocket, hubble deep field,
+   immunohistochemistry, retina, motorcycle left and right), scikit-learn's ``flower``, scikit-image's grey photos
+   as RGB (brick, camera, grass, gravel, moon, clock, coins), plus ``DEAD_LEAVES`` procedural dead-leaves images
+   (``fidediff_pipeline.data.dead_leaves``: natural-image statistics, unlimited edges and textures).
+   HELD OUT entirely (validation and evaluation only): scikit-image's coffee and chelsea (= ``cat``, so not trained
+   on either), scikit-learn's china. NEVER used at all: matplotlib's sample data and Debian's wallpapers (reserved
+   for independent evaluation).
+2. held-out data: ``synthesize_trajectory_set`` (the project's camera-shake builder, default "handheld" camera
+   model) on the held-out photos, levels n = 7, 11, 15, 2 trajectories per photo, kernel window m = 31.
    Training data are drawn on the fly from the same builder and settings (``--train_images``: a fresh
    trajectory and crop per item), levels n = 5..15.
-3. stage 0 ``train_vae.py`` (tiny VAE), stage 1 ``train_base.py`` (all UNet weights, rank 0: the tiny UNet is
-   random), stage 2 ``train_kernel.py``, stage 3 ``train_kcn.py``; each stage's ``main(argv)`` is called in this
-   process with the flags logged below (the same flags work with ``accelerate launch``).
-4. the stage-3 pipeline is copied to ``--export_dir``; with ``--ablation`` (default) a stage-1 model trained
-   with ``--no_consistency`` and the same steps is kept in ``<work_dir>/base_noct/pipeline`` for
-   ``train/evaluate_tiny.py``.
+3. stage 0 ``train_vae.py`` (tiny VAE); then, two at a time, one torch thread each (fastest on 2 cores):
+   stage 1 ``train_base.py`` (all UNet weights: the tiny UNet is random) beside stage 2 ``train_kernel.py`` (M and
+   the t-regressor T; M does not depend on the base model, so training it beside stage 1 equals training it
+   after), then the "w/o CT" ablation; stage 3 ``train_kcn.py`` starts from the best stage-1 pipeline with a
+   Kernel ControlNet whose ControlNet is copied from that UNet (as ``from_unet`` does) and whose M and T come
+   from stage 2. Each stage is its own ``python train/<script>.py`` process (the same flags work with
+   ``accelerate launch``), logged to ``<work_dir>/<stage>/stage.log``; a finished stage is skipped on a rerun and
+   an interrupted one resumes from its latest checkpoint.
+4. every stage validates on the held-out set and keeps its best pipeline (``best_pipeline``); the best stage-3
+   pipeline is copied to ``--export_dir``; the learning curves are in ``<stage>/validation_history.json``.
 
 The tiny model uses ``upscale_factor=1``: its VAE has factor 2, so its latents are at d = 2 (the paper's d = 4 is
 SD's factor-8 VAE after a 2x upsampling); the exported model_index.json records it as ``default_upscale_factor``. It is
@@ -33,6 +42,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,38 +56,51 @@ from fidediff_pipeline.data import DEFAULT_KERNEL_SIZE, TrajectoryConfig  # noqa
 
 logger = logging.getLogger("fidediff.make_tiny")
 
-# Colour photos only: with grey textures in the mix the from-scratch VAE learnt colour far more slowly.
-TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "motorcycle_left",
-                "motorcycle_right", "retina")
-HELDOUT_PHOTOS = ("coffee", "chelsea")
+# Training photos: (source, name). Colour first; grey photos are stacked to RGB (edges and textures, no colour).
+TRAIN_PHOTOS = (("skimage", "astronaut"), ("skimage", "rocket"), ("skimage", "hubble_deep_field"),
+                ("skimage", "immunohistochemistry"), ("skimage", "motorcycle_left"), ("skimage", "motorcycle_right"),
+                ("skimage", "retina"), ("sklearn", "flower"),
+                ("skimage", "brick"), ("skimage", "camera"), ("skimage", "grass"), ("skimage", "gravel"),
+                ("skimage", "moon"), ("skimage", "clock"), ("skimage", "coins"))
+HELDOUT_PHOTOS = (("skimage", "coffee"), ("skimage", "chelsea"), ("sklearn", "china"))
+DEAD_LEAVES = 16  # procedural images (320 px), about half of the training content
 EVAL_FRAMES = (7, 11, 15)
 TRAIN_FRAMES = (5, 7, 9, 11, 13, 15)
 # The Kernel ControlNet's m (the paper's and sd21-base's 19; the tiny preset's default 11 is for fast tests).
-# m = 11 held only 37% / 11% / 3% of the blur paths at n = 7 / 11 / 15 (1.0-1.6 px per frame, 500 paths):
-# longer paths saturate the kernel window, and the t-regressor, which reads the kernels, cannot tell them apart.
-# m = 19 holds 100% / 67% / 30%.
 KERNEL_SIZE = 19
 DATA_KERNEL_SIZE = DEFAULT_KERNEL_SIZE  # the builder's default m (31): blur paths up to 14 px from the centre
 # The builder's default camera speed (1.0-1.6 px per 240 fps frame). t counts frames, not pixels: a wider speed
-# spread (1.2-2.4 was used before) makes n = 7 at full speed as long as n = 13 at low speed, and t unpredictable.
+# spread makes n = 7 at full speed as long as n = 13 at low speed, and t unpredictable.
 SPEED_RANGE = TrajectoryConfig().speed_range
 COLOR_FIX_SIGMA = 12.0  # low-frequency colour fix (training_utils.low_frequency_transfer), px
 SHORT_SIDE = 256
 UPSCALE = 1
 
-# Steps per stage at --steps_scale 1 (sized for ~57 min on this 2-core machine, see docs/tiny_results.md).
-STEPS = {"vae": 2500, "base": 1400, "kernel": 800, "kcn": 400, "base_noct": 600}
+# Steps per stage at --steps_scale 1 (sized for ~90 min on this 2-core machine, see docs/tiny_results.md).
+STEPS = {"vae": 2500, "base": 2600, "kernel": 1500, "kcn": 600, "base_noct": 1300}
 
 
-def load_photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as uint8 RGB with its short side resized to 256 px (antialiased)."""
-    import skimage.data
+def photo_label(source_name) -> str:
+    return source_name[1]
+
+
+def load_photo(name) -> np.ndarray:
+    """A sample photo (``"coffee"`` or ``(source, name)``) as uint8 RGB, short side resized to 256 px (antialiased)."""
     from PIL import Image
 
-    if name.startswith("motorcycle_"):
+    source, name = ("skimage", name) if isinstance(name, str) else name
+    if source == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(f"{name}.jpg")
+    elif name.startswith("motorcycle_"):
+        import skimage.data
+
         left, right, _ = skimage.data.stereo_motorcycle()
         image = left if name.endswith("left") else right
     else:
+        import skimage.data
+
         image = getattr(skimage.data, name)()
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
@@ -94,14 +117,28 @@ def write_photos(names, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:
-        path = folder / f"{name}.png"
+        path = folder / f"{photo_label(name)}.png"
         if not path.exists():
             Image.fromarray(load_photo(name)).save(path)
         paths.append(path)
     return paths
 
 
-def build_heldout_set(photos: list[Path], out_dir: Path, seed: int, trajectories: int = 3) -> Path:
+def write_dead_leaves(count: int, folder: Path, seed: int) -> list[Path]:
+    from PIL import Image
+
+    from fidediff_pipeline.data.dead_leaves import dead_leaves_image
+
+    paths = []
+    for i in range(count):
+        path = folder / f"dead_leaves_{i:03d}.png"
+        if not path.exists():
+            Image.fromarray(dead_leaves_image(320, np.random.default_rng([seed, 4242, i]))).save(path)
+        paths.append(path)
+    return paths
+
+
+def build_heldout_set(photos: list[Path], out_dir: Path, seed: int, trajectories: int = 2) -> Path:
     from fidediff_pipeline.data import synthesize_trajectory_set
 
     report = synthesize_trajectory_set(photos, out_dir, frames=EVAL_FRAMES, seed=seed + 1000,
@@ -110,7 +147,7 @@ def build_heldout_set(photos: list[Path], out_dir: Path, seed: int, trajectories
     return Path(report.manifest_path)
 
 
-def common_flags(args, work: Path, stage: str, steps: int) -> list[str]:
+def common_flags(args, work: Path, stage: str, steps: int, validations: int = 8) -> list[str]:
     return [
         "--train_images", str(work / "photos" / "train"),
         "--validation_manifest", str(work / "data" / "heldout" / "manifest.csv"),
@@ -121,10 +158,11 @@ def common_flags(args, work: Path, stage: str, steps: int) -> list[str]:
         "--output_dir", str(work / stage),
         "--seed", str(args.seed),
         "--max_train_steps", str(steps),
-        "--checkpointing_steps", str(max(steps // 2, 1)),
+        "--checkpointing_steps", str(max(steps // 6, 1)),
         "--checkpoints_total_limit", "1",
-        "--validation_steps", str(max(steps // 3, 1)),
+        "--validation_steps", str(max(steps // validations, 1)),
         "--num_validation_images", "4",
+        "--num_validation_pairs", "0",
         "--validation_crop", "128",
         "--log_every", str(max(min(50, steps // 10), 1)),
         "--report_to", args.report_to,
@@ -132,41 +170,125 @@ def common_flags(args, work: Path, stage: str, steps: int) -> list[str]:
     ]
 
 
-def stage_plan(args, work: Path) -> list[tuple[str, str, list[str]]]:
-    """(name, script module, argv) of every training run, in order."""
+def stage_plan(args, work: Path) -> list[dict]:
+    """Every training run: name, script, argv, the stages it needs and its torch threads, in priority order."""
     s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()}
-    plan = [
-        ("vae", "train_vae", ["--preset", "tiny", *common_flags(args, work, "vae", s["vae"]),
-                              "--resolution", "32", "--train_batch_size", "6", "--levels_per_group", "2",
-                              "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
-                              "--edge_weight", "0.5"]),
-    ]
-    # 64 px crops (32 x 32 latents): room for the longest blur paths (~27 px at n = 15).
-    # --latent_weight (not in the paper): a from-scratch UNet learnt only a pass-through from the pixel losses.
-    base_flags = ["--init_from", str(work / "vae" / "pipeline"), "--resolution", "64", "--train_batch_size", "4",
+    both = args.threads  # a stage that runs alone
+    one = max(args.threads // 2, 1)  # two stages side by side
+    vae = work / "vae" / "pipeline"
+    plan = [dict(name="vae", script="train_vae", needs=(), threads=both,
+                 argv=["--preset", "tiny", *common_flags(args, work, "vae", s["vae"], validations=3),
+                       "--resolution", "32", "--train_batch_size", "6", "--levels_per_group", "2",
+                       "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
+                       "--edge_weight", "0.5"])]
+    # 64 px crops (32 x 32 latents): room for the longest blur paths (~21 px at n = 15).
+    # --latent_weight and --fft_weight are not in the paper: a from-scratch UNet learnt only a pass-through from
+    # the pixel losses; the spectrum term weighs the high frequencies that blur removed.
+    base_flags = ["--init_from", str(vae), "--resolution", "64", "--train_batch_size", "4",
                   "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "1e-3", "--latent_weight", "1.0",
                   "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
-                  "--edge_weight", "0.5", "--gan_weight", "0.01", "--gan_loss", "non_saturating",
-                  "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
-    plan.append(("base", "train_base", [*common_flags(args, work, "base", s["base"]), *base_flags]))
-    plan.append(("kernel", "train_kernel", [*common_flags(args, work, "kernel", s["kernel"]),
-                                            "--init_from", str(work / "base" / "pipeline"), "--preset", "tiny",
-                                            "--kernel_size", str(KERNEL_SIZE), "--resolution", "48",
-                                            "--train_batch_size", "4", "--levels_per_group", "3",
-                                            "--learning_rate", "5e-4", "--lr_scheduler", "cosine",
-                                            "--time_weight", "10"]))
-    plan.append(("kcn", "train_kcn", [*common_flags(args, work, "kcn", s["kcn"]),
-                                      "--init_from", str(work / "kernel" / "pipeline"), "--resolution", "48",
-                                      "--train_batch_size", "4", "--levels_per_group", "3",
-                                      "--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "30",
-                                      "--lpips_weight", "0", "--edge_weight", "0.5", "--reblur_weight", "1.0",
-                                      "--latent_weight", "1.0",
-                                      "--time_weight", "10"]))
+                  "--edge_weight", "0.5", "--fft_weight", "0.5", "--gan_weight", "0.01", "--gan_loss",
+                  "non_saturating", "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
+    plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
+                     argv=[*common_flags(args, work, "base", s["base"]), *base_flags]))
+    # Stage 2 from the VAE stage's pipeline: only M and T train, and the merge below gives stage 3 a ControlNet
+    # copied from the trained stage-1 UNet. --kernel_weight (not in the paper): the builder's true kernels.
+    plan.append(dict(name="kernel", script="train_kernel", needs=("vae",), threads=one,
+                     argv=[*common_flags(args, work, "kernel", s["kernel"]), "--init_from", str(vae),
+                           "--preset", "tiny", "--kernel_size", str(KERNEL_SIZE), "--resolution", "48",
+                           "--train_batch_size", "4", "--levels_per_group", "3", "--learning_rate", "1e-3",
+                           "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--kernel_weight", "1.0",
+                           "--time_weight", "10"]))
     if args.ablation:
-        # Shorter than the CT run (half the steps) to fit the time budget: said so in docs/tiny_results.md.
         noct = common_flags(args, work, "base_noct", s["base_noct"])
-        plan.append(("base_noct", "train_base", [*noct, *base_flags, "--no_consistency"]))
+        plan.append(dict(name="base_noct", script="train_base", needs=("vae",), threads=one,
+                         argv=[*noct, *base_flags, "--no_consistency"]))
+    plan.append(dict(name="kcn", script="train_kcn", needs=("base", "kernel"), threads=one,
+                     argv=[*common_flags(args, work, "kcn", s["kcn"]), "--init_from", str(work / "merged"),
+                           "--resolution", "64", "--train_batch_size", "4", "--levels_per_group", "3",
+                           "--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "30",
+                           "--lpips_weight", "0", "--edge_weight", "0.5", "--fft_weight", "0.5",
+                           "--reblur_weight", "1.0", "--latent_weight", "1.0", "--time_weight", "10"]))
     return plan
+
+
+def stage_result(work: Path, name: str) -> Path:
+    """A finished stage's pipeline: the best validated one where the stage keeps one, else its final export."""
+    best = work / name / "best_pipeline"
+    return best if (best / "model_index.json").is_file() else work / name / "pipeline"
+
+
+def merge_for_kcn(work: Path) -> Path:
+    """Stage 3's starting point: the best stage-1 pipeline plus a Kernel ControlNet copied from its UNet, with M and
+    T from stage 2 (what running stage 2 after stage 1 would give: stage 2 trains only M and T)."""
+    from fidediff_pipeline import FideDiffPipeline
+    from fidediff_pipeline.presets import build_kernel_controlnet
+
+    out = work / "merged"
+    if (out / "model_index.json").is_file():
+        return out
+    import torch
+
+    base = FideDiffPipeline.from_pretrained(stage_result(work, "base"))
+    kernel = FideDiffPipeline.from_pretrained(work / "kernel" / "pipeline").kernel_controlnet
+    torch.manual_seed(0)
+    kcn = build_kernel_controlnet("tiny", base.unet, kernel.config.kernel_size)
+    kcn.kernel_estimator.load_state_dict(kernel.kernel_estimator.state_dict())
+    kcn.timestep_regressor.load_state_dict(kernel.timestep_regressor.state_dict())
+    base.register_modules(kernel_controlnet=kcn)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def stage_done(work: Path, name: str) -> bool:
+    return (work / name / "pipeline" / "model_index.json").is_file()
+
+
+def launch(job: dict, work: Path, args) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]),
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    (work / job["name"]).mkdir(parents=True, exist_ok=True)
+    log = open(work / job["name"] / "stage.log", "a")
+    cmd = [sys.executable, str(REPO / "train" / f"{job['script']}.py"), *job["argv"]]
+    logger.info("stage %s (%d thread(s)): %s", job["name"], job["threads"], " ".join(cmd[1:]))
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def run_plan(plan: list[dict], work: Path, args) -> dict:
+    """Run the stages, at most ``--parallel`` at a time, each once its needs are done; returns minutes per stage."""
+    timings, running = {}, {}
+    pending = [job for job in plan if not stage_done(work, job["name"])]
+    for job in plan:
+        if stage_done(work, job["name"]):
+            logger.info("stage %s already done: skipped", job["name"])
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= args.parallel:
+                break
+            if all(stage_done(work, need) for need in job["needs"]):
+                if job["name"] == "kcn":
+                    merge_for_kcn(work)
+                running[job["name"]] = (launch(job, work, args), time.time())
+                pending.remove(job)
+        if not running:
+            raise SystemExit(f"error: stages {[j['name'] for j in pending]} wait for stages that did not finish")
+        time.sleep(5)
+        for name, (proc, start) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0 or not stage_done(work, name):
+                for other, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"error: stage {name} failed (exit {proc.returncode}); see {work / name / 'stage.log'}")
+            timings[name] = round((time.time() - start) / 60, 1)
+            logger.info("stage %s done in %.1f min", name, timings[name])
+    return timings
 
 
 MODEL_CARD = """---
@@ -191,23 +313,19 @@ out = pipe(image)  # uses the saved defaults: upscale_factor=1 (d = 2 with this 
 
 
 def export_checkpoint(source: Path, export: Path) -> None:
-    """Copy the final pipeline folder (safetensors + code files) to the bundled checkpoint location."""
+    """Copy the final pipeline folder to the bundled checkpoint location (to a temporary folder, then renamed)."""
+    tmp = export.with_name(export.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("best.json"))
+    (tmp / "README.md").write_text(MODEL_CARD)
+    old = export.with_name(export.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if export.exists():
-        shutil.rmtree(export)
-    shutil.copytree(source, export)
-    (export / "README.md").write_text(MODEL_CARD)
+        os.replace(export, old)
+    os.replace(tmp, export)
+    shutil.rmtree(old, ignore_errors=True)
     size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
-    logger.info("exported the tiny checkpoint to %s (%.1f MB)", export, size / 1e6)
-
-
-def run_stage(module_name: str, argv: list[str]) -> dict:
-    import importlib
-
-    import torch
-
-    torch.manual_seed(0)
-    module = importlib.import_module(f"train.{module_name}")
-    return module.main(argv) or {}
+    logger.info("exported the tiny checkpoint from %s to %s (%.1f MB)", source, export, size / 1e6)
 
 
 def parse_args(argv=None):
@@ -219,47 +337,42 @@ def parse_args(argv=None):
     p.add_argument("--no_ablation", dest="ablation", action="store_false",
                    help="skip the 'w/o CT' stage-1 run used by evaluate_tiny.py")
     p.add_argument("--report_to", type=str, default="tensorboard")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: on a shared 2-core machine, 2 threads spin against other jobs and ran 2-6x slower)")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads in all; two stages side by side get half each")
+    p.add_argument("--parallel", type=int, default=2, help="stages run at the same time (1: one after another)")
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (the bundled checkpoint's recipe) or cuda (Accelerate picks the GPU)")
+    args = p.parse_args(argv)
+    if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
+        p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    import torch
-
-    torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    timings = {}
 
-    write_photos(TRAIN_PHOTOS, work / "photos" / "train")
+    train_dir = work / "photos" / "train"
+    write_photos(TRAIN_PHOTOS, train_dir)
+    write_dead_leaves(DEAD_LEAVES, train_dir, args.seed)
     heldout = write_photos(HELDOUT_PHOTOS, work / "photos" / "heldout")
     manifest = build_heldout_set(heldout, work / "data" / "heldout", args.seed)
-    timings["data"] = round(time.time() - t0, 1)
-    logger.info("photos and held-out set ready (%s) in %.1f s", manifest, timings["data"])
+    logger.info("training content and held-out set ready (%s) in %.1f s", manifest, time.time() - t0)
 
-    results = {}
-    for name, module_name, argv_stage in stage_plan(args, work):
-        if (work / name / "pipeline" / "model_index.json").is_file():
-            logger.info("stage %s already done (%s): skipped", name, work / name / "pipeline")
-            continue
-        logger.info("stage %s: python train/%s.py %s", name, module_name, " ".join(argv_stage))
-        start = time.time()
-        results[name] = {k: float(v) for k, v in (run_stage(module_name, argv_stage) or {}).items()}
-        timings[name] = round(time.time() - start, 1)
-        logger.info("stage %s done in %.1f min", name, timings[name] / 60)
-        if name == "kcn":
-            export_checkpoint(work / "kcn" / "pipeline", Path(args.export_dir))
-
-    timings["total"] = round(time.time() - t0, 1)
-    summary = {"seed": args.seed, "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()},
-               "timings_s": timings, "final_logs": results}
-    (work / "make_tiny_summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info("make_tiny finished in %.1f min: %s", timings["total"] / 60, json.dumps(timings))
+    timings = run_plan(stage_plan(args, work), work, args)
+    export_checkpoint(stage_result(work, "kcn"), Path(args.export_dir))
+    summary_path = work / "make_tiny_summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    # Minutes per stage, kept across invocations (a rerun skips finished stages).
+    timings = {**previous.get("stage_minutes", {}), **timings}
+    summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
+               "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()},
+               "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    logger.info("make_tiny finished in %.1f min: %s", (time.time() - t0) / 60, json.dumps(timings))
     return summary
 
 

@@ -17,6 +17,7 @@ blocks) trained in alternation.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
@@ -110,6 +111,8 @@ class BaseStageModel(nn.Module):
         loss = l1
         logs = {"l1": l1.detach()}
         ea, ea_logs = common.ea_lpips_terms(self._ea_loss, restored, target, self.args)
+        fft, fft_logs = common.frequency_term(restored, target, self.args)
+        ea, ea_logs = ea + fft, {**ea_logs, **fft_logs}
         z_hq = None
         if self._discriminator is not None or self.args.latent_weight:
             with torch.no_grad():
@@ -192,6 +195,8 @@ class BaseStage(common.Stage):
         pipe = self.validation_pipeline()
         if self.args.lora_rank > 0:
             # Fuse then unload: an unfused adapter would be saved next to base weights that reload without it.
+            # On a copy: the best-validation export happens mid-training, and the trained UNet must keep its adapter.
+            pipe.register_modules(unet=copy.deepcopy(pipe.unet))
             pipe.unet.fuse_lora()
             pipe.unet.unload_lora()
         common.save_pipeline(pipe, export_dir)

@@ -69,6 +69,9 @@ class KCNStageModel(nn.Module):
         restored = out.image.float()
         l1 = F.l1_loss(restored, target)
         ea, logs = common.ea_lpips_terms(fz["ea"], restored, target, args)
+        fft, fft_logs = common.frequency_term(restored, target, args)
+        ea = ea + fft
+        logs.update(fft_logs)
         reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), out.kernels, args.reblur_space)
         t_loss = time_regression_loss(out.predicted_timestep, timesteps)
         latent, latent_logs = common.latent_l1_term(fz["vae"], out.z0, target, args)

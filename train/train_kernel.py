@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,10 +37,16 @@ def parse_args(argv=None):
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
                              "M's training is unchanged); 0 = M alone, as in the paper")
+    parser.add_argument("--kernel_weight", type=float, default=0.0,
+                        help="NOT IN THE PAPER (0 = off): L1 between M's per-pixel kernels and the true kernels of "
+                             "synthetic data (fidediff_pipeline.losses.kernel_supervision_loss); needs kernels in "
+                             "the data (--train_images, or a manifest from `fidediff data synth`)")
     parser.set_defaults(learning_rate=1e-4, levels_per_group=3)
     args = parser.parse_args(argv)
     if not args.init_from:
         parser.error("--init_from <stage-1 pipeline folder> is required")
+    if args.kernel_weight < 0 or args.time_weight < 0:
+        parser.error("--kernel_weight and --time_weight must be >= 0")
     if args.kernel_size is not None and (args.kernel_size < 1 or args.kernel_size % 2 == 0):
         parser.error(f"--kernel_size must be odd and >= 1; got {args.kernel_size}")
     return args
@@ -48,11 +55,12 @@ def parse_args(argv=None):
 class KernelStageModel(nn.Module):
     """M alone: ``forward(batch)`` returns the reblur loss."""
 
-    def __init__(self, kernel_estimator, reblur_space: str, timestep_regressor=None, time_weight: float = 0.0):
+    def __init__(self, kernel_estimator, reblur_space: str, timestep_regressor=None, time_weight: float = 0.0,
+                 kernel_weight: float = 0.0):
         super().__init__()
         self.kernel_estimator = kernel_estimator
         self.timestep_regressor = timestep_regressor if time_weight > 0 else None
-        self.reblur_space, self.time_weight = reblur_space, time_weight
+        self.reblur_space, self.time_weight, self.kernel_weight = reblur_space, time_weight, kernel_weight
 
     def forward(self, batch: dict) -> dict:
         from fidediff_pipeline.losses import reblur_loss
@@ -63,6 +71,12 @@ class KernelStageModel(nn.Module):
         reblur = reblur_loss(sharp, blurry, kernels, self.reblur_space)
         logs = {"reblur": reblur.detach()}
         loss = reblur
+        if self.kernel_weight > 0:
+            from fidediff_pipeline.losses import kernel_supervision_loss
+
+            k_loss = kernel_supervision_loss(kernels, batch["kernels"])
+            loss = loss + self.kernel_weight * k_loss
+            logs["kernel_l1"] = k_loss.detach()
         if self.timestep_regressor is not None:
             from fidediff_pipeline.losses import time_regression_loss
 
@@ -87,7 +101,31 @@ class KernelStage(common.Stage):
         kcn.kernel_estimator.requires_grad_(True).train()
         if args.time_weight > 0:
             kcn.timestep_regressor.requires_grad_(True).train()
-        self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight)
+        self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight,
+                                      args.kernel_weight)
+        self.with_kernels = args.kernel_weight > 0
+
+    @torch.no_grad()
+    def validate(self, pairs, args, step, accelerator) -> dict:
+        """Held-out reblur error and, with the t-regressor trained, its mean absolute error per level."""
+        from fidediff_pipeline.losses import reblur_loss
+
+        model = common.unwrap(accelerator, self.model)
+        device = next(model.kernel_estimator.parameters()).device
+        reblur, errors, levels = [], [], []
+        for item in pairs:
+            blurry, sharp = item["blurry"][None].to(device), item["sharp"][None].to(device)
+            kernels = model.kernel_estimator(common.to_model_range(blurry))
+            reblur.append(float(reblur_loss(sharp, blurry, kernels, model.reblur_space)))
+            if model.timestep_regressor is not None:
+                errors.append(abs(float(model.timestep_regressor(kernels)[0]) - int(item["timestep"])))
+                levels.append(int(item["timestep"]))
+        logs = {"val/reblur": float(np.mean(reblur))}
+        if errors:
+            logs["val/t_mae"] = float(np.mean(errors))
+            for t in sorted(set(levels)):
+                logs[f"val/t_mae_t{t}"] = float(np.mean([e for e, lv in zip(errors, levels) if lv == t]))
+        return logs
 
     def export(self, export_dir):
         model = common.unwrap(self.accelerator, self.model)

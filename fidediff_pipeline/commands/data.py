@@ -60,7 +60,8 @@ def run_gopro(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     from fidediff_pipeline.data.trajectories import TrajectoryConfig, synthesize_trajectory_set
 
-    config = TrajectoryConfig(speed_range=tuple(args.speed_range), samples_per_frame=args.samples_per_frame)
+    config = TrajectoryConfig.preset(args.shake, speed_range=tuple(args.speed_range),
+                                     samples_per_frame=args.samples_per_frame)
     report = synthesize_trajectory_set(
         args.images,
         args.out,
@@ -81,7 +82,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``fidediff data {gopro,synth}`` to the top-level parser's sub-commands."""
-    from fidediff_pipeline.data.trajectories import DEFAULT_KERNEL_SIZE, SYNTH_DEFAULT_FRAMES, TrajectoryConfig
+    from fidediff_pipeline.data.trajectories import DEFAULT_KERNEL_SIZE, SHAKE_PRESETS, SYNTH_DEFAULT_FRAMES, TrajectoryConfig
 
     data = subparsers.add_parser("data", help="build blur-trajectory training data (GoPro frames or synthetic shake)")
     data_sub = data.add_subparsers(dest="data_command", metavar="{gopro,synth}")
@@ -126,6 +127,11 @@ def register(subparsers) -> None:
     synth.add_argument(
         "--speed-range", type=float, nargs=2, default=list(TrajectoryConfig().speed_range), metavar=("MIN", "MAX"),
         help="base camera speed in pixels per 240 fps frame (default: %(default)s)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--shake", choices=sorted(SHAKE_PRESETS), default="handheld",
+        help="camera model: handheld (smooth over one exposure, the default) or strong (the pre-2026-12 default: "
+             "tremor and jerks; its blur is off-centre from the sharp frame) (default: %(default)s)",
     )  # fmt: skip
     synth.add_argument(
         "--samples-per-frame", type=int, default=TrajectoryConfig().samples_per_frame,

@@ -28,12 +28,20 @@ kernel (reflect padding, exactly :func:`fidediff_pipeline.kernel_ops.apply_per_p
 kernel broadcast to every pixel), re-encoded, plus optional Gaussian noise (``noise_std``, on stored
 values), then rounded to 8 bits.
 
-Default scales (``TrajectoryConfig()``, measured over 1000 seeds): base speed ``U(1.0, 1.6)`` px per
-sub-frame gives path lengths (5th-50th-95th percentile) of 4-8-13 px at ``n = 7``, 7-13-20 px at
-``n = 11`` and 10-18-27 px at ``n = 15``: clearly visible on 256-512 px photos.  The default kernel size is
-``m = 31``; a path whose longest requested level would not fit within ``r - 1 = 14`` px of the centre
-is shrunk as a whole (all levels by one factor, so nesting holds): about 2% of paths at ``n = 15``, by at
-most ~11%.
+Default camera model (``TrajectoryConfig()``, the ``"handheld"`` preset) and where it comes from: one blurry
+frame averages n = 7-15 frames at 240 fps, i.e. an exposure of 29-63 ms.  Physiological hand tremor has its power
+at 8-12 Hz (periods of 83-125 ms), so within one exposure a hand-held camera sweeps a smooth, nearly straight or
+gently curved arc; sudden jerks belong to the slower, larger motions between exposures.  Hence small random
+acceleration (``accel_std = 0.05`` of the speed per sub-frame) and no jerks.  Measured over 1000 seeds: base
+speed ``U(1.0, 1.6)`` px per sub-frame gives path lengths (5th-50th-95th percentile) of 5.5-7.6-10.2 px at
+``n = 7``, 8.7-11.9-15.8 px at ``n = 11`` and 11.9-15.9-21.0 px at ``n = 15``; the blur's centroid lies
+0.12 / 0.27 / 0.48 px (mean) from the sharp moment, so a blind model can locate the target frame.  The old default
+is the ``"strong"`` preset (``accel_std = 0.25``, ``jerk_prob = 0.05``; ``TrajectoryConfig.preset("strong")``,
+``fidediff data synth --shake strong``): lengths 3.7-8.5-13.3 / 6.7-13.4-20.3 / 10.5-18.5-27.1 px and centroids
+0.43 / 0.84 / 1.32 px away, which caps what a blind deblurrer can reach (``docs/data_learnability.md``).
+The default kernel size is ``m = 31``; a path whose longest requested level would not fit within ``r - 1 = 14`` px
+of the centre is shrunk as a whole (all levels by one factor, so nesting holds): none of 1000 handheld paths at
+``n = 15``, about 2% of strong ones.
 
 Example:
     >>> import numpy as np, skimage.data
@@ -60,6 +68,13 @@ from .manifest import DEFAULT_MANIFEST_NAME, ManifestRow, timestep_from_frames, 
 
 DEFAULT_KERNEL_SIZE = 31
 SYNTH_DEFAULT_FRAMES = (5, 7, 9, 11, 13, 15)
+# Named camera models (see the module docstring). "strong" was the default before 2026-12: its blur's centroid
+# sits 0.45 / 0.88 / 1.39 px from the sharp moment at n = 7 / 11 / 15 (handheld: 0.12 / 0.27 / 0.48 px), which
+# a blind deblurrer cannot see, so it caps what any model can learn from it (docs/data_learnability.md).
+SHAKE_PRESETS = {
+    "handheld": dict(accel_std=0.05, jerk_prob=0.0),
+    "strong": dict(accel_std=0.25, jerk_prob=0.05),
+}
 
 
 @dataclass(frozen=True)
@@ -67,11 +82,19 @@ class TrajectoryConfig:
     """Parameters of the camera-shake model (see the module docstring). Units: pixels, 240 fps sub-frames."""
 
     speed_range: tuple[float, float] = (1.0, 1.6)
-    accel_std: float = 0.25
+    accel_std: float = 0.05
     centripetal: float = 0.005
-    jerk_prob: float = 0.05
+    jerk_prob: float = 0.0
     max_speed_factor: float = 1.5
     samples_per_frame: int = 7
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TrajectoryConfig":
+        """A named camera model: ``"handheld"`` (the default, smooth over 29-63 ms) or ``"strong"`` (the old default:
+        tremor 0.25 of the speed per sub-frame and jerks, whose blur is off-centre from the sharp moment)."""
+        if name not in SHAKE_PRESETS:
+            raise ValueError(f"unknown shake preset {name!r}; choose one of {', '.join(SHAKE_PRESETS)}")
+        return cls(**{**SHAKE_PRESETS[name], **overrides})
 
     def __post_init__(self):
         lo, hi = self.speed_range
