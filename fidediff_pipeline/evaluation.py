@@ -149,11 +149,11 @@ def csv_columns(protocol: str) -> list[str]:
 
 
 def load_rgb(path) -> np.ndarray:
-    """Read an image file as ``uint8`` RGB ``[H, W, 3]``."""
-    from PIL import Image
+    """Read an image file as ``uint8`` RGB ``[H, W, 3]`` with the project's one reader (16-bit rounded, not
+    clipped; pixel limit; one-line errors)."""
+    from .image_processing import read_image_uint8
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return read_image_uint8(path)
 
 
 def image_metrics(

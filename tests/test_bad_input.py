@@ -51,11 +51,43 @@ def test_corrupt_and_non_image_files(tmp_path):
         load_image(tmp_path / "truncated.png")
 
 
-def test_16_bit_png_is_refused(tmp_path):
+def test_16_bit_png_is_read_at_full_precision_and_never_clipped(tmp_path):
+    """Issue 13: a 16-bit grey PNG was refused here and clipped to white by the data loaders."""
+    from fidediff_pipeline.data.image_io import load_rgb_uint8
+    from fidediff_pipeline.image_processing import read_image
+
     path = tmp_path / "deep.png"
-    PIL.Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(path)
-    with pytest.raises(ValueError, match="16-bit"):
-        load_image(path)
+    values = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    PIL.Image.fromarray(values).save(path)
+    full = read_image(path)
+    assert full.dtype == np.float32 and full.shape == (16, 16, 3)
+    np.testing.assert_allclose(full[..., 1], values / 65535.0, atol=1e-7)
+    expected8 = np.rint(values / 65535.0 * 255).astype(np.uint8)
+    for image in (np.asarray(load_image(path)), load_rgb_uint8(path)):  # CLI / app and data loaders agree
+        assert np.array_equal(image[..., 0], expected8)
+        assert (image == 255).mean() < 0.01  # not 99.8 % white
+
+
+def test_16_bit_colour_png_keeps_its_low_byte_where_opencv_is_installed(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from fidediff_pipeline.image_processing import read_image
+
+    rgb = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 85).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "c.png"), rgb[..., ::-1])
+    assert np.array_equal(np.rint(read_image(tmp_path / "c.png") * 65535).astype(np.uint16), rgb)
+
+
+def test_data_loaders_share_the_pixel_limit_and_the_one_line_errors(tmp_path):
+    from fidediff_pipeline import evaluation
+    from fidediff_pipeline.data.image_io import load_rgb_uint8
+
+    PIL.Image.new("RGB", (200, 100)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="20,000 pixels, over the limit"):
+        load_rgb_uint8(tmp_path / "big.png", max_pixels=10_000)
+    (tmp_path / "junk.png").write_bytes(b"garbage")
+    for loader in (load_rgb_uint8, evaluation.load_rgb):
+        with pytest.raises(ValueError, match="junk.png: not an image file"):
+            loader(tmp_path / "junk.png")
 
 
 def test_pixel_limit_on_files_is_checked_before_decoding(tmp_path):

@@ -197,3 +197,29 @@ def test_average_frames_linear_known_values():
     assert average_frames_linear([black, white], "linear")[0, 0, 0] == 128
     # Light averages: half the light of white is 0.5 ** (1 / 2.2) = 0.73 of full scale, not 0.5.
     assert average_frames_linear([black, white], "gamma2.2")[0, 0, 0] == round(255 * 0.5 ** (1 / 2.2))
+
+
+# ---------------------------------------------------------------------------------------- one image loader (issue 13)
+def test_a_bad_frame_skips_its_groups_with_a_count_and_the_build_goes_on(tmp_path, caplog):
+    root = tmp_path / "frames"
+    write_video(root, "GOPR0001_11_00")
+    (root / "GOPR0001_11_00" / "000016.png").write_bytes(b"not a png")  # the centre of one group
+    with caplog.at_level("WARNING", logger="fidediff.data"):
+        report = build_gopro_trajectory_set(root, tmp_path / "out", frames=FRAMES, stride=STRIDE, offset=OFFSET)
+    assert report.skipped_bad >= 1 and "000016.png: not an image file" in caplog.text
+    groups = {row.group for row in read_manifest(report.manifest_path)}
+    assert "GOPR0001_11_00/000016" not in groups and "GOPR0001_11_00/000004" in groups
+    assert "skipped: a source image could not be read" in report.table()
+
+
+def test_16_bit_frames_are_rounded_not_clipped(tmp_path):
+    root = tmp_path / "frames"
+    frames = write_video(root, "GOPR0001_11_00")
+    for number, frame in frames.items():  # the same video as grey 16-bit PNGs
+        grey = (frame.mean(axis=2) * 257).astype(np.uint16)
+        Image.fromarray(grey).save(root / "GOPR0001_11_00" / f"{number:06d}.png")
+    report = build_gopro_trajectory_set(root, tmp_path / "out", frames=FRAMES, stride=STRIDE, offset=OFFSET)
+    sharp = np.asarray(Image.open(report.rows[0].sharp))
+    expected = (frames[4].mean(axis=2) * 257).astype(np.uint16)  # the 16-bit file's values
+    assert sharp.shape == (H, W, 3) and (sharp == 255).mean() < 0.05
+    np.testing.assert_allclose(sharp[..., 0], np.rint(expected / 257.0), atol=1)

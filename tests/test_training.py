@@ -512,3 +512,20 @@ def test_output_dir_that_is_a_file_and_empty_train_images_fail_before_training(d
     with pytest.raises(SystemExit, match="--train_images: no images"):
         train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "out", train_images=tmp_path / "empty"),
                          "--lpips_weight", "0"])
+
+
+def test_train_images_skip_unreadable_files_and_read_16_bit_without_clipping(tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 40), 30000, np.uint16)).save(folder / "deep.png")
+    (folder / "junk.png").write_bytes(b"not an image")
+    with caplog.at_level("WARNING", logger="fidediff.train"):
+        images = common.load_train_images(folder)
+    assert len(images) == 1 and images[0].dtype == np.uint8
+    assert int(images[0].max()) == round(30000 / 65535 * 255)  # was clipped to 255
+    assert "junk.png: not an image file" in caplog.text and "1 of 2 --train_images files skipped" in caplog.text
+    (folder / "deep.png").unlink()
+    with pytest.raises(SystemExit, match="none of the 1 --train_images files could be read"):
+        common.load_train_images(folder)

@@ -322,6 +322,28 @@ class StepBatchSampler(Sampler):
         return 2**62
 
 
+def load_train_images(folder) -> list[np.ndarray]:
+    """The photos of ``--train_images`` with the project's one reader (16-bit rounded, never clipped; pixel
+    limit); an unreadable file is skipped with a warning and counted, not fatal."""
+    from fidediff_pipeline.data.image_io import load_rgb_uint8
+    from fidediff_pipeline.data.trajectories import list_images
+
+    paths = list_images(folder)
+    images, bad = [], []
+    for path in paths:
+        try:
+            images.append(load_rgb_uint8(path))
+        except ValueError as err:
+            bad.append(str(err))
+            logger.warning("skipped a --train_images file: %s", err)
+    if not images:
+        raise SystemExit(f"error: none of the {len(paths)} --train_images files could be read (first: {bad[0]})")
+    if bad:
+        logger.warning("%d of %d --train_images files skipped (unreadable); training on %d", len(bad), len(paths),
+                       len(images))
+    return images
+
+
 def build_train_dataset(args, groups_per_batch_levels: int, kernel_size: int | None, with_kernels: bool):
     """The trajectory-group dataset of ``--train_manifest`` or ``--train_images`` (on-the-fly synthesis)."""
     from fidediff_pipeline.data import InMemoryTrajectoryGroupDataset, TrajectoryConfig, TrajectoryGroupDataset
@@ -331,10 +353,7 @@ def build_train_dataset(args, groups_per_batch_levels: int, kernel_size: int | N
             args.train_manifest, crop_size=args.resolution, levels_per_group=groups_per_batch_levels,
             seed=args.seed, flip=True, with_kernels=with_kernels,
         )  # fmt: skip
-    from fidediff_pipeline.data.image_io import load_rgb_uint8
-    from fidediff_pipeline.data.trajectories import list_images
-
-    images = [load_rgb_uint8(p) for p in list_images(args.train_images)]
+    images = load_train_images(args.train_images)
     small = [img.shape for img in images if min(img.shape[:2]) < args.resolution]
     if small:
         raise SystemExit(f"error: some --train_images are smaller than --resolution {args.resolution}: {small}")

@@ -50,6 +50,8 @@ class BuildReport:
     skipped_existing: int = 0  # image files already present (resume)
     dropped_groups: int = 0  # sharp frames with fewer than min_levels levels
     dropped_levels: int = 0  # (centre, n) pairs lost to the border rule
+    skipped_bad: int = 0  # groups skipped because a source image could not be read (corrupt, too large, ...)
+    bad_files: list = field(default_factory=list)  # their one-line reasons
     extra: dict = field(default_factory=dict)
 
     @property
@@ -67,4 +69,6 @@ class BuildReport:
             f"present; {self.dropped_levels} levels dropped at borders, {self.dropped_groups} sharp frames skipped "
             f"(too few levels)"
         )
+        if self.skipped_bad:
+            lines.append(f"{self.skipped_bad} skipped: a source image could not be read (first: {self.bad_files[0]})")
         return "\n".join(lines)

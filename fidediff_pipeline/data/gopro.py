@@ -36,6 +36,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
 import os
 import shutil
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic_io import atomic_path
+from ..image_processing import _is_16bit_png
 from .build_config import BuildReport, check_or_write_build_config
 from .camera_response import DEFAULT_CRF, check_crf, from_linear, to_linear
 from .image_io import load_rgb_uint8, quantize_uint8, save_png_atomic
@@ -54,6 +58,8 @@ from .manifest import (
     validate_frame_levels,
     write_manifest,
 )
+
+logger = logging.getLogger("fidediff.data")
 
 GOPRO_DEFAULT_FRAMES = (5, 7, 9, 11, 13, 15)
 GOPRO_DEFAULT_STRIDE = 12
@@ -182,16 +188,19 @@ class _LinearFrameCache:
 
 
 def _write_sharp(src: Path, dst: Path) -> None:
-    """Copy an 8-bit RGB PNG byte for byte; convert anything else (grey, RGBA, 16-bit) to 8-bit RGB."""
+    """Copy an 8-bit RGB PNG byte for byte; convert anything else (grey, RGBA, 16-bit) to 8-bit RGB.
+
+    The frame is decoded first with the project's reader, so a corrupt or oversized file is a ``ValueError``
+    (the caller skips its group) rather than a copied bad file.
+    """
+    image = load_rgb_uint8(src)
     with Image.open(src) as img:
-        plain = img.format == "PNG" and img.mode == "RGB"
+        plain = img.format == "PNG" and img.mode == "RGB" and not _is_16bit_png(img)
     if plain:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".partial")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
     else:
-        save_png_atomic(load_rgb_uint8(src), dst)
+        save_png_atomic(image, dst)
 
 
 def blurry_path_for(out_dir: Path, scene: str, n: int, frame_name: str) -> Path:
@@ -254,33 +263,44 @@ def build_gopro_trajectory_set(
         if len(plan.levels) < min_levels:
             report.dropped_groups += 1
             continue
-        frame_name = plan.path.name
-        sharp_out = out_dir / plan.scene / "sharp" / frame_name
-        group = f"{plan.scene}/{plan.path.stem}"
-        todo = []
-        for n in plan.levels:
-            blurry_out = blurry_path_for(out_dir, plan.scene, n, frame_name)
-            report.rows.append(
-                ManifestRow(
-                    sharp=str(sharp_out), blurry=str(blurry_out), n=n, t=timestep_from_frames(n), group=group, scene=plan.scene
-                )
-            )
-            if blurry_out.is_file():
-                report.skipped_existing += 1
-            else:
-                todo.append((n, blurry_out))
-        if sharp_out.is_file():
-            report.skipped_existing += 1
-        else:
-            _write_sharp(plan.path, sharp_out)
-            report.written += 1
-        if not todo:
-            continue
-
         if plan.scene not in caches:
             caches.clear()  # scenes are processed one after another: drop the previous scene's frames
             caches[plan.scene] = _LinearFrameCache(dict(sequences[plan.scene]), crf)
-        cache = caches[plan.scene]
+        try:
+            _build_group(plan, out_dir, crf, caches[plan.scene], report)
+        except ValueError as err:  # a corrupt, unreadable or oversized frame: skip its group, count it, go on
+            report.skipped_bad += 1
+            report.bad_files.append(str(err))
+            logger.warning("warning: skipped the trajectory of %s: %s", plan.path, err)
+
+    write_manifest(report.rows, report.manifest_path)
+    return report
+
+
+def _build_group(plan, out_dir: Path, crf: str, cache: _LinearFrameCache, report: BuildReport) -> None:
+    """Write one sharp frame and its blur levels (those not already there); its rows join the manifest only
+    when every frame it needs could be read."""
+    frame_name = plan.path.name
+    sharp_out = out_dir / plan.scene / "sharp" / frame_name
+    group = f"{plan.scene}/{plan.path.stem}"
+    rows, todo, existing = [], [], 0
+    for n in plan.levels:
+        blurry_out = blurry_path_for(out_dir, plan.scene, n, frame_name)
+        rows.append(
+            ManifestRow(
+                sharp=str(sharp_out), blurry=str(blurry_out), n=n, t=timestep_from_frames(n), group=group, scene=plan.scene
+            )
+        )
+        if blurry_out.is_file():
+            existing += 1
+        else:
+            todo.append((n, blurry_out))
+    if sharp_out.is_file():
+        existing += 1
+    else:
+        _write_sharp(plan.path, sharp_out)
+        report.written += 1
+    if todo:
         max_half = max(n for n, _ in todo) // 2
         cache.evict_before(plan.number - max_half)
         wanted = dict(todo)
@@ -294,6 +314,5 @@ def build_gopro_trajectory_set(
                 blurry = quantize_uint8(from_linear(acc / n, crf))
                 save_png_atomic(blurry, wanted[n])
                 report.written += 1
-
-    write_manifest(report.rows, report.manifest_path)
-    return report
+    report.skipped_existing += existing
+    report.rows.extend(rows)

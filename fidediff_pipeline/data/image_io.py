@@ -9,17 +9,18 @@ import numpy as np
 from PIL import Image
 
 from ..atomic_io import atomic_path
+from ..image_processing import DEFAULT_MAX_PIXELS, read_image_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def load_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``uint8`` ``[H, W, 3]`` RGB (grey and RGBA are converted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+def load_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as ``uint8`` ``[H, W, 3]`` RGB (grey and RGBA are converted).
+
+    The project's one reader (:func:`fidediff_pipeline.image_processing.read_image`): the same formats, pixel
+    limit and one-line ``ValueError`` as the CLI and the app; 16-bit files are rounded to 8 bits, never clipped.
+    """
+    return read_image_uint8(path, max_pixels)
 
 
 def to_float01(image: np.ndarray) -> np.ndarray:
