@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,9 +64,9 @@ def inside_root(root: Path, relative: str, where: str) -> Path:
     write restored images outside its output folder.
     """
     path = Path(root) / relative
-    base = Path(root).resolve()
-    resolved = path.resolve()
-    if resolved != base and base not in resolved.parents:
+    base = Path(os.path.abspath(root))
+    normal = Path(os.path.normpath(os.path.abspath(path)))  # lexical: a symlink put inside the root still works
+    if normal != base and base not in normal.parents:
         raise ValueError(f"{where}: {relative!r} points outside {root}; paths in the list must stay inside the root")
     return path
 

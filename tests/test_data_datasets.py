@@ -213,3 +213,22 @@ def test_manifest_round_trip_and_checks(tmp_path):
     with pytest.raises(ValueError, match="t=100"):
         ManifestRow(sharp="a", blurry="b", n=7, t=100, group="g", scene="s")
     assert timestep_from_frames(1) == 0 and timestep_from_frames(15) == 280 and frames_from_timestep(200) == 11
+
+
+@pytest.mark.parametrize("column, value", [("blurry", "../../../../etc/passwd"), ("sharp", "/etc/passwd"),
+                                           ("kernel", "k/../../outside.npy")])
+def test_manifest_rows_that_escape_their_folder_are_refused_with_their_line(tmp_path, column, value):
+    row = {"sharp": "s/a.png", "blurry": "b/a.png", "n": "11", "t": "200", "group": "a", "scene": "x", "kernel": ""}
+    bad = {**row, column: value}
+    lines = ["sharp,blurry,n,t,group,scene,kernel", ",".join(row.values()), ",".join(bad.values())]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"line 3: .*points outside"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_refuses_to_write_a_row_it_could_not_read_back(tmp_path):
+    row = ManifestRow(sharp=str(tmp_path / "elsewhere.png"), blurry=str(tmp_path / "d" / "b.png"), n=11, t=200,
+                      group="a", scene="x")
+    with pytest.raises(ValueError, match="outside"):
+        write_manifest([row], tmp_path / "d" / "manifest.csv")
+    assert not (tmp_path / "d" / "manifest.csv").exists()

@@ -33,6 +33,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic_io import atomic_path
+
 MANIFEST_COLUMNS = ("sharp", "blurry", "n", "t", "group", "scene", "kernel")
 DEFAULT_MANIFEST_NAME = "manifest.csv"
 
@@ -102,7 +104,21 @@ class ManifestRow:
 
 def _relative_posix(path: str | os.PathLike, root: Path) -> str:
     rel = os.path.relpath(os.path.abspath(path), root)
+    if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel):
+        # read_manifest refuses such rows, so a manifest that could not be read back is never written.
+        raise ValueError(f"{path} is outside {root}; a manifest's files must lie in its folder or below")
     return Path(rel).as_posix()
+
+
+def resolve_inside(root: Path, relative: str, where: str) -> str:
+    """``root / relative`` as an absolute path, refused when it leaves ``root`` (``../``, an absolute path): a
+    manifest row must never make a loader open arbitrary files. The check is lexical, so a symlink a user put
+    inside the data folder on purpose still works."""
+    path = root / relative
+    normal = Path(os.path.normpath(path))
+    if normal != root and root not in normal.parents:
+        raise ValueError(f"{where}: {relative!r} points outside {root}; paths must stay inside the manifest's folder")
+    return str(path)
 
 
 def write_manifest(rows, manifest_path: str | os.PathLike) -> Path:
@@ -115,8 +131,7 @@ def write_manifest(rows, manifest_path: str | os.PathLike) -> Path:
     root = manifest_path.parent.resolve()
     root.mkdir(parents=True, exist_ok=True)
     ordered = sorted(rows, key=lambda r: (r.scene, r.group, r.n, r.blurry))
-    tmp = manifest_path.with_name(manifest_path.name + ".partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(manifest_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         for row in ordered:
@@ -131,7 +146,6 @@ def write_manifest(rows, manifest_path: str | os.PathLike) -> Path:
                     _relative_posix(row.kernel, root) if row.kernel else "",
                 ]
             )
-    os.replace(tmp, manifest_path)
     return manifest_path
 
 
@@ -156,15 +170,16 @@ def read_manifest(manifest_path: str | os.PathLike, check_files: bool = False) -
             raise ValueError(f"{manifest_path}: missing columns {missing_cols}; expected header {','.join(MANIFEST_COLUMNS)}")
         for line_no, rec in enumerate(reader, start=2):
             try:
+                where = f"{manifest_path}, line {line_no}"
                 rows.append(
                     ManifestRow(
-                        sharp=str(root / rec["sharp"]),
-                        blurry=str(root / rec["blurry"]),
+                        sharp=resolve_inside(root, rec["sharp"], where),
+                        blurry=resolve_inside(root, rec["blurry"], where),
                         n=int(rec["n"]),
                         t=int(rec["t"]),
                         group=rec["group"],
                         scene=rec["scene"],
-                        kernel=str(root / rec["kernel"]) if rec["kernel"] else None,
+                        kernel=resolve_inside(root, rec["kernel"], where) if rec["kernel"] else None,
                     )
                 )
             except (TypeError, ValueError) as err:
