@@ -234,3 +234,34 @@ def test_cli_errors_are_one_line(tmp_path, cli_main, capsys):
     Image.fromarray(photo()).save(tmp_path / "imgs" / "a.png")
     assert cli_main(["data", "synth", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o2"), "--frames", "7", "11"]) == 2
     assert "at least 3 blur levels" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- one image loader (issue 13)
+def _png_with_claimed_size(path, width, height):
+    """A small PNG whose header claims ``width x height`` (a decompression bomb as far as the header goes)."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+
+def test_cli_synth_pixel_bomb_is_one_line_before_decoding(tmp_path, cli_main, capsys):
+    (tmp_path / "imgs").mkdir()
+    _png_with_claimed_size(tmp_path / "imgs" / "bomb.png", 7000, 7000)
+    assert cli_main(["data", "synth", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bomb.png has 7000x7000 = 49,000,000 pixels, over the limit" in err and "Traceback" not in err
+
+
+def test_synth_reads_16_bit_grey_without_clipping(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    grey = (photo().mean(axis=2) * 257).astype(np.uint16)  # 8-bit photo as 16-bit (values up to 65535)
+    Image.fromarray(grey).save(tmp_path / "imgs" / "deep.png")
+    report = synthesize_trajectory_set(tmp_path / "imgs", tmp_path / "out", frames=(3, 5, 7), seed=0, kernel_size=11)
+    sharp = np.asarray(Image.open(report.rows[0].sharp))
+    assert (sharp == 255).mean() < 0.05  # was 99.8 % white
+    assert sharp.mean() == pytest.approx(grey.mean() / 257, abs=20)  # the crop is the photo's, roughly
