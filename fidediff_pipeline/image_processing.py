@@ -56,6 +56,11 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         >>> image.dtype, image.shape, float(image.max())
         (dtype('float32'), (8, 8, 3), 1.0)
     """
+    return _read(path, max_pixels, as_pil=False)
+
+
+def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
+    """:func:`read_image`; with ``as_pil`` an 8-bit file comes back as the PIL image itself (EXIF kept)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -71,6 +76,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
                 return _deep_grey(image, path)
             deep = _is_16bit_png(image)
             image.load()
+            if as_pil and not deep:
+                return to_rgb(image)
             rgb = np.array(to_rgb(image), dtype=np.uint8)  # a writable copy (torch.from_numpy downstream)
         if deep:  # Pillow reduced a 16-bit colour PNG to 8 bits: read all 16 where OpenCV is installed
             return _read_16bit_colour(path, rgb)
@@ -127,9 +134,15 @@ def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_M
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
     """Open an image file as an 8-bit RGB PIL image, with the checks and errors of :func:`read_image`.
 
-    16-bit files are rounded to 8 bits (the pipeline's input precision); use :func:`read_image` for all 16.
+    16-bit files are rounded to 8 bits; use :func:`read_image` for all 16. An 8-bit file's PIL image is returned
+    as opened, so its EXIF orientation is still there for ``ImageOps.exif_transpose``.
     """
-    return PIL.Image.fromarray(read_image_uint8(path, max_pixels))
+    image = _read(path, max_pixels, as_pil=True)
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if image.dtype != np.uint8:
+        image = np.rint(image * 255.0).astype(np.uint8)
+    return PIL.Image.fromarray(image)
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -195,6 +208,21 @@ def _tensor_to_list(tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
     return [_to_three_channels(t) for t in tensor]
 
 
+def _check_layout(shape: tuple, what: str, channels_last: bool) -> None:
+    """Name an empty batch or a transposed layout, instead of a size error about the wrong axes."""
+    if channels_last:
+        if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4) and min(shape[1:]) >= MIN_IMAGE_SIDE:
+            raise ValueError(f"{what} has shape {shape}, which looks channels-first; numpy arrays must be HxWxC "
+                             "(use array.transpose(1, 2, 0))")
+        return
+    if len(shape) == 4 and shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {shape}); pass at least one image")
+    if len(shape) in (3, 4) and shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4) and min(shape[-3:-1]) >= MIN_IMAGE_SIDE:
+        order = "(2, 0, 1)" if len(shape) == 3 else "(0, 3, 1, 2)"
+        raise ValueError(f"{what} has shape {shape}, which looks channels-last; tensors must be [C, H, W] or "
+                         f"[B, C, H, W] (use tensor.permute{order})")
+
+
 def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
     """Convert any accepted input to a list of float tensors ``[3, H, W]`` in ``[0, 1]`` (CPU).
 
@@ -219,10 +247,12 @@ def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> l
                 raise ValueError(f"{what} has {len(item.getbands())} channels; accepted are gray, RGB and RGBA")
             tensors.append(_numpy_to_tensor(np.asarray(to_rgb(item)), what))
         elif isinstance(item, np.ndarray):
+            _check_layout(tuple(item.shape), what, channels_last=True)
             if item.ndim >= 2:
                 _check_size(item.shape[0], item.shape[1], max_pixels, what)
             tensors.append(_numpy_to_tensor(item, what))
         elif isinstance(item, torch.Tensor):
+            _check_layout(tuple(item.shape), what, channels_last=False)
             if item.ndim >= 2:
                 _check_size(item.shape[-2], item.shape[-1], max_pixels, what)
             tensors.extend(_tensor_to_list(item, what))

@@ -105,3 +105,45 @@ def test_other_bad_arguments(tiny_pipeline):
         tiny_pipeline(image, output_type="jpeg")
     with pytest.raises(ValueError, match="tiling"):
         tiny_pipeline(image, tiling="yes")
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (torch.zeros(0, 3, 16, 16), "empty batch"),
+        (np.zeros((3, 32, 32), np.uint8), "looks channels-first.*transpose\\(1, 2, 0\\)"),
+        (torch.rand(32, 32, 3), "looks channels-last.*permute\\(2, 0, 1\\)"),
+        (torch.rand(1, 32, 32, 3), "looks channels-last.*permute\\(0, 3, 1, 2\\)"),
+    ],
+)
+def test_layout_mistakes_and_empty_batches_are_named(image, message):
+    """Issue 13 (7): these gave 'RuntimeError: min()' or 'the image is 32x3 pixels'."""
+    from fidediff_pipeline.image_processing import prepare_images
+
+    with pytest.raises(ValueError, match=message):
+        prepare_images(image)
+
+
+def test_unreadable_file_is_a_permission_error_not_corrupt(tmp_path):
+    import os
+
+    path = tmp_path / "locked.png"
+    PIL.Image.new("RGB", (16, 16)).save(path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(ValueError, match="permission denied"):
+            load_image(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_load_image_keeps_exif_orientation_for_the_app(tmp_path):
+    import PIL.ImageOps
+
+    image = PIL.Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: a phone photo
+    image.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert PIL.ImageOps.exif_transpose(load_image(tmp_path / "phone.jpg")).size == (10, 20)
