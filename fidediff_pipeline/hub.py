@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .atomic_io import is_temporary
 from .evaluation import DATASET_LABELS, FULL_TEST_SIZES, HEADLINE_METRICS, LOWER_IS_BETTER, format_metric
 from .presets import SD21_BASE_REPO, sd21_base_unet_config
 
@@ -435,6 +437,41 @@ def check_repo_id(repo_id: str) -> None:
         raise HubError(f"{repo_id!r} is not a valid Hub repo id; use 'name' or 'owner/name' (letters, digits, - _ .)")
 
 
+def _without_local_paths(path: Path, clean_copy: Path) -> Path:
+    """``path``, or for a JSON config holding ``_name_or_path`` (a folder on this machine) a copy without it."""
+    if path.suffix != ".json" or path.name not in ("model_index.json", "config.json", "scheduler_config.json"):
+        return path
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return path
+    if not isinstance(data, dict) or "_name_or_path" not in data:
+        return path
+    data.pop("_name_or_path")
+    clean_copy.parent.mkdir(parents=True, exist_ok=True)
+    clean_copy.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return clean_copy
+
+
+@contextlib.contextmanager
+def _network_errors_as_hub_errors(repo_id: str):
+    """A connection failure (httpx / requests) is one line naming the repo, not a transport traceback."""
+    transport: tuple = ()
+    with contextlib.suppress(ImportError):
+        import httpx
+
+        transport += (httpx.TransportError,)
+    with contextlib.suppress(ImportError):
+        import requests
+
+        transport += (requests.ConnectionError, requests.Timeout)
+    try:
+        yield
+    except transport as err:
+        raise HubError(f"cannot reach the Hugging Face Hub to push {repo_id}: {type(err).__name__}: {err}. "
+                       "Check the network connection (or a proxy) and try again; nothing was committed.") from None
+
+
 def push_pipeline_to_hub(
     pipe_or_folder,
     repo_id: str,
@@ -484,7 +521,8 @@ def push_pipeline_to_hub(
             pipe_or_folder.save_pretrained(staging)
             folder = staging
             card = build_model_card(pipe_or_folder, repo_id, summaries, license=license, base_model=base_model)
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with _network_errors_as_hub_errors(repo_id):
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         full_id = repo_url.repo_id
         with tempfile.TemporaryDirectory(prefix="fidediff-card-") as card_dir:
             card_path = Path(card_dir) / "README.md"
@@ -494,9 +532,13 @@ def push_pipeline_to_hub(
 
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card_path))]
             for path in sorted(folder.rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts and path.relative_to(folder).as_posix() != "README.md":
-                    operations.append(CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path)))
-            api.create_commit(full_id, operations=operations, commit_message=commit_message, create_pr=create_pr, repo_type="model")
+                relative = path.relative_to(folder).as_posix()
+                if path.is_file() and "__pycache__" not in path.parts and relative != "README.md" and not is_temporary(path):
+                    source = _without_local_paths(path, Path(card_dir) / "clean" / relative)
+                    operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(source)))
+            with _network_errors_as_hub_errors(repo_id):
+                api.create_commit(full_id, operations=operations, commit_message=commit_message, create_pr=create_pr,
+                                  repo_type="model")
         return str(repo_url)
     finally:
         if staging is not None:

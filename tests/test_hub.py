@@ -208,3 +208,39 @@ def test_saved_folder_loads_with_remote_code_and_the_card_snippet_works(tiny_pip
     expected = np.asarray(tiny_pipeline(blurry, timestep="auto", upscale_factor=2).images[0])
     assert remote.shape == expected.shape == (32, 40, 3)
     assert np.abs(remote.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_push_connection_error_is_one_line_and_local_paths_stay_local(tiny_pipeline_folder, monkeypatch, tmp_path,
+                                                                      capsys):
+    """Issue 13 (7): a raw httpx traceback; and model_index.json carried this machine's _name_or_path."""
+    import shutil
+
+    import httpx
+    from huggingface_hub import HfApi, constants
+
+    from fidediff_pipeline.cli import main
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline_folder, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_name_or_path": "/home/me/secret/run"}))
+    _Recorder(monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    sent = {}
+
+    def create_commit(self, repo_id, operations, **kwargs):  # read what would be uploaded, while it exists
+        sent.update({o.path_in_repo: open(o.path_or_fileobj, "rb").read() for o in operations if o.path_in_repo.endswith(".json")})
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    hub.push_pipeline_to_hub(folder, "someone/fidediff-tiny", token="hf_x")
+    uploaded = json.loads(sent["model_index.json"])
+    assert "_name_or_path" not in uploaded and uploaded["_class_name"] == index["_class_name"]
+
+    def offline(*args, **kwargs):
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    code = main(["push", "--model", str(folder), "--repo-id", "someone/fidediff-tiny", "--token", "hf_x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Hugging Face Hub" in err and err.count("\n") == 1
+    assert "hf_x" not in err
