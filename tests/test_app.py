@@ -268,3 +268,27 @@ def test_kernels_sampled_on_small_crops_come_from_the_grid_points():
     ys, xs = grid_centres(height, width, (6, 8))
     expected = (image[0, ys[:, None], xs[None, :]] * 2 - 1).numpy()
     np.testing.assert_allclose(kernels[:, :, 1, 1], expected, atol=1e-6)
+
+
+def test_export_space_interrupted_keeps_the_previous_export_whole(tiny_pipeline_folder, tmp_path, monkeypatch):
+    """Issue 13: the Space folder was written in place; a crash left a half-copied model/ or package."""
+    from fidediff_pipeline.cli import main
+    from fidediff_pipeline.commands import export_space
+
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_folder, model)
+    out = tmp_path / "space"
+    assert main(["export-space", "--out", str(out), "--model", str(model)]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (model / "model_index.json").write_text((model / "model_index.json").read_text() + "\n")  # a newer model
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after the model was copied, before anything is in place
+
+    monkeypatch.setattr(export_space, "_folder_size", crash)
+    assert main(["export-space", "--out", str(out), "--model", str(model), "--force"]) == 130
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the old export, whole; not a mix of old and new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "space"]  # no staging folder left behind

@@ -11,10 +11,13 @@ It needs a source checkout of the repository (``app.py`` and ``space/`` sit besi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import fidediff_pipeline
+
+from ..atomic_io import temporary_name
 
 PACKAGE_DIR = Path(fidediff_pipeline.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent
@@ -71,6 +74,25 @@ def _write_readme(out: Path, hub_model: str | None) -> None:
     card.save(out / "README.md")
 
 
+def _publish(staging: Path, out: Path, remove_model: bool) -> None:
+    """Rename each entry of ``staging`` into ``out`` (an entry already there is moved aside, then deleted).
+
+    With a Hub model, a ``model/`` folder left by an earlier export is removed, as before.
+    """
+    out.mkdir(exist_ok=True)
+    if remove_model and (out / "model").exists():
+        shutil.rmtree(out / "model")
+    for entry in sorted(staging.iterdir()):
+        target = out / entry.name
+        if target.exists():
+            aside = temporary_name(target)
+            os.replace(target, aside)
+            os.replace(entry, target)
+            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+        else:
+            os.replace(entry, target)
+
+
 def export_space(out: str | Path, model: str | None = None, force: bool = False) -> dict:
     """Write the Space folder; returns ``{"out", "model", "model_in_space", "files", "bytes"}``.
 
@@ -97,30 +119,36 @@ def export_space(out: str | Path, model: str | None = None, force: bool = False)
     resolved = out.resolve()
     if resolved in (SOURCE_ROOT, *SOURCE_ROOT.parents) or any(resolved.is_relative_to(SOURCE_ROOT / d) for d in ("fidediff_pipeline", "assets")):
         raise ValueError(f"{out} would overwrite or contain the sources it copies; choose a folder outside {SOURCE_ROOT}")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; --out must be a folder (created if missing)")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
-    for name in SPACE_FILES:
-        shutil.copyfile(SOURCE_ROOT / name, out / name)
-    _write_readme(out, hub_model)
-    for folder, ignore in (("assets", _IGNORE), ("fidediff_pipeline", shutil.ignore_patterns("__pycache__", "*.pyc", "checkpoints"))):
-        target = out / folder
-        if target.exists():
-            shutil.rmtree(target)
-        source = SOURCE_ROOT / folder if folder == "assets" else PACKAGE_DIR
-        shutil.copytree(source, target, ignore=ignore)
-    if (out / "model").exists():
-        shutil.rmtree(out / "model")
-    if hub_model is None:
-        shutil.copytree(model_folder, out / "model", ignore=_IGNORE)
-        if not (out / "model" / "README.md").is_file():  # the model travels with its card
-            from ..hub import write_model_card
+    # Everything is written into a sibling staging folder, then each entry is renamed into place: a crash
+    # leaves the old entries or the new ones, never a half-copied model or package.
+    staging = temporary_name(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for name in SPACE_FILES:
+            shutil.copyfile(SOURCE_ROOT / name, staging / name)
+        _write_readme(staging, hub_model)
+        for folder, ignore in (("assets", _IGNORE), ("fidediff_pipeline", shutil.ignore_patterns("__pycache__", "*.pyc", "checkpoints"))):
+            source = SOURCE_ROOT / folder if folder == "assets" else PACKAGE_DIR
+            shutil.copytree(source, staging / folder, ignore=ignore)
+        if hub_model is None:
+            shutil.copytree(model_folder, staging / "model", ignore=_IGNORE)
+            if not (staging / "model" / "README.md").is_file():  # the model travels with its card
+                from ..hub import write_model_card
 
-            write_model_card(out / "model", repo_id=model_folder.resolve().name)
-        if _folder_size(out / "model") > LARGE_MODEL_BYTES:
-            print(f"note: the model is {_folder_size(out / 'model') / 1e9:.1f} GB; consider `fidediff push` and "
-                  "`export-space --model <repo id>` instead of copying it into the Space")
-    config = {"model": hub_model or "model", "exported_by": f"fidediff export-space {fidediff_pipeline.__version__}"}
-    (out / "space_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+                write_model_card(staging / "model", repo_id=model_folder.resolve().name)
+            if _folder_size(staging / "model") > LARGE_MODEL_BYTES:
+                print(f"note: the model is {_folder_size(staging / 'model') / 1e9:.1f} GB; consider `fidediff push` and "
+                      "`export-space --model <repo id>` instead of copying it into the Space")
+        config = {"model": hub_model or "model", "exported_by": f"fidediff export-space {fidediff_pipeline.__version__}"}
+        (staging / "space_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        _publish(staging, out, remove_model=hub_model is not None)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     files = [p for p in out.rglob("*") if p.is_file()]
     return {"out": str(out), "model": hub_model or str(model_folder), "model_in_space": hub_model is None,
             "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
