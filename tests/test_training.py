@@ -529,3 +529,43 @@ def test_train_images_skip_unreadable_files_and_read_16_bit_without_clipping(tmp
     (folder / "deep.png").unlink()
     with pytest.raises(SystemExit, match="none of the 1 --train_images files could be read"):
         common.load_train_images(folder)
+
+
+_SIGKILL_DURING_SAVE = """
+import os, signal, sys
+import accelerate.checkpointing as ckpt_module
+from train import common, train_base
+
+real_save_checkpoint, real_save, saves = common.save_checkpoint, ckpt_module.save, []
+
+def save_checkpoint(accelerator, output_dir, step):
+    saves.append(step)
+    return real_save_checkpoint(accelerator, output_dir, step)
+
+def save(obj, path, *args, **kwargs):
+    result = real_save(obj, path, *args, **kwargs)
+    if len(saves) == 2 and os.path.basename(str(path)) == "optimizer.bin":
+        os.kill(os.getpid(), signal.SIGKILL)  # the real thing: no Python cleanup at all
+    return result
+
+common.save_checkpoint, ckpt_module.save = save_checkpoint, save
+train_base.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_save_then_resume_is_bit_identical(data, tmp_path, straight_run):
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "run"
+    flags = [*_RESUME_ARGS, *_flags(data, out, steps=4, checkpointing_steps=2, validation_steps=100),
+             "--checkpoints_total_limit", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run([sys.executable, "-c", _SIGKILL_DURING_SAVE, *flags], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2",
+                                                                                        "checkpoint-4.tmp"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train_base.main([*flags, "--resume_from_checkpoint", "latest"])
+    assert (out / "weights_digest_rank0.txt").read_text() == (straight_run / "weights_digest_rank0.txt").read_text()
