@@ -569,3 +569,18 @@ def test_sigkill_during_a_checkpoint_save_then_resume_is_bit_identical(data, tmp
     AcceleratorState._reset_state(reset_partial_state=True)
     train_base.main([*flags, "--resume_from_checkpoint", "latest"])
     assert (out / "weights_digest_rank0.txt").read_text() == (straight_run / "weights_digest_rank0.txt").read_text()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--adam_beta1=1.0"], "--adam_beta1 must be in \\[0, 1\\)"),
+    (["--adam_epsilon=0"], "--adam_epsilon must be a finite number > 0"),
+    (["--adam_weight_decay=nan"], "--adam_weight_decay must be a finite number >= 0"),
+    (["--log_every=0"], "--log_every must be >= 1"),
+    (["--max_steps_this_run=-1"], "--max_steps_this_run must be >= 1"),
+    (["--synth_speed_range", "2", "1"], "--synth_speed_range needs 0 <= LOW <= HIGH"),
+    (["--synth_kernel_size=10"], "--synth_kernel_size must be odd"),
+    (["--synth_noise_std=-0.1"], "--synth_noise_std must be a finite number >= 0"),
+])
+def test_more_out_of_range_flags_fail_before_training(data, tmp_path, bad, message):
+    with pytest.raises(SystemExit, match=message):
+        train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "out"), "--lpips_weight", "0", *bad])

@@ -216,7 +216,8 @@ def validate_common_args(args, vae_factor: int | None = None) -> None:
 
 
 def check_optimisation_args(args) -> None:
-    """Range checks of the optimiser and checkpoint flags (``not x > 0`` also catches NaN, which compares false to everything)."""
+    """Range checks of the optimiser, data, checkpoint and logging flags (``not 0 < x`` style comparisons also
+    catch NaN, which compares false to everything)."""
     if not args.learning_rate > 0 or args.learning_rate == float("inf"):
         raise SystemExit(f"error: --learning_rate must be a finite number > 0; got {args.learning_rate}")
     if not args.max_grad_norm >= 0:
@@ -226,6 +227,27 @@ def check_optimisation_args(args) -> None:
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise SystemExit(f"error: --checkpoints_total_limit must be >= 1 (checkpoints kept); "
                          f"got {args.checkpoints_total_limit}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be in [0, 1); got {getattr(args, name)}")
+    if not 0 < args.adam_epsilon < float("inf"):
+        raise SystemExit(f"error: --adam_epsilon must be a finite number > 0; got {args.adam_epsilon}")
+    for name in ("adam_weight_decay", "synth_noise_std"):
+        if not 0 <= getattr(args, name) < float("inf"):
+            raise SystemExit(f"error: --{name} must be a finite number >= 0; got {getattr(args, name)}")
+    if args.log_every < 1:
+        raise SystemExit(f"error: --log_every must be >= 1; got {args.log_every}")
+    for name in ("dataloader_num_workers", "num_validation_images", "validation_crop"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name} must be >= 0; got {getattr(args, name)}")
+    if args.max_steps_this_run is not None and args.max_steps_this_run < 0:
+        raise SystemExit(f"error: --max_steps_this_run must be >= 1 (0 or unset: no limit); got {args.max_steps_this_run}")
+    if args.synth_speed_range is not None:
+        low, high = args.synth_speed_range
+        if not 0 <= low <= high < float("inf"):
+            raise SystemExit(f"error: --synth_speed_range needs 0 <= LOW <= HIGH (px per frame); got {low} {high}")
+    if args.synth_kernel_size is not None and (args.synth_kernel_size < 3 or args.synth_kernel_size % 2 == 0):
+        raise SystemExit(f"error: --synth_kernel_size must be odd and >= 3; got {args.synth_kernel_size}")
 
 
 # ================================================================================================ models
