@@ -172,3 +172,12 @@ def test_kill_during_a_save_leaves_no_partial_output_and_a_rerun_resumes(tmp_pat
     assert (out / "0.png").read_bytes() == first
     for i in range(3):
         PIL.Image.open(out / f"{i}.png").load()
+
+
+@pytest.mark.parametrize("flag, value", [("--tile-size", "0"), ("--max-pixels", "-5"), ("--tile-size", "big")])
+def test_out_of_range_flags_are_refused_before_any_work(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        main(["deblur", str(tmp_path), "-o", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert flag in err and ("must be at least" in err or "expected an integer" in err)
+    assert not (tmp_path / "out").exists()

@@ -22,6 +22,20 @@ def parse_timestep(value: str):
     return t
 
 
+def int_at_least(minimum: int):
+    """An argparse type: an int >= ``minimum``, checked before any work."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {number}")
+        return number
+
+    return parse
+
+
 TIMESTEP_HELP = "'auto' (predicted blur level) or an int in [0, 999]; t = (frames - 1) * 20"
 
 
@@ -34,7 +48,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto"
     parser.add_argument("--upscale-factor", type=int, default=None, choices=[1, 2],
                         help="2: upsample 2x before the VAE (paper's d=4 with SD's VAE); 1: no upsampling (d=8), "
                              "faster; default: the model's own (2 for SD-based models, 1 for the tiny one)")
-    parser.add_argument("--tile-size", type=int, default=None, help="latent tile size for large images (default: automatic)")
+    parser.add_argument("--tile-size", type=int_at_least(8), default=None, help="latent tile size for large images (default: automatic)")
 
 
 def register(subparsers) -> None:
@@ -45,7 +59,7 @@ def register(subparsers) -> None:
                         help="output folder (created; inputs are never overwritten, and an output folder inside an "
                              "input folder is left out of the inputs)")
     add_model_arguments(parser)
-    parser.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: 40 million)")
+    parser.add_argument("--max-pixels", type=int_at_least(1), default=None, help="refuse larger images (default: 40 million)")
     parser.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
                         help="keep outputs that already exist (resume a folder after an interruption; default: on); "
                              "--no-skip-existing deblurs them again")
