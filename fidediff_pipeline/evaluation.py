@@ -48,7 +48,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .atomic_io import save_image_atomic, write_text_atomic
+from .atomic_io import atomic_path, save_image_atomic, write_text_atomic
 from .eval_sets import EvalPair
 from .metrics import PSNR_DESCRIPTION, SSIM_VARIANT_DESCRIPTIONS, as_uint8_rgb, psnr, ssim_matlab3d, ssim_skimage
 
@@ -745,5 +745,6 @@ def plot_sweep(sweep: Mapping, path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{sweep['dataset_label']}: performance w.r.t. timestep")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)

@@ -36,6 +36,7 @@ def run(args) -> int:
     import skimage.data
     from skimage.metrics import peak_signal_noise_ratio
 
+    from ..atomic_io import save_image_atomic, write_text_atomic
     from ..data import blur_image_along_trajectory
     from ..image_processing import load_image
     from ..loading import load_pipeline
@@ -49,7 +50,7 @@ def run(args) -> int:
     clock_path = Path(skimage.data.__file__).parent / "clock_motion.png"
     clock = np.asarray(load_image(clock_path))
     result = pipe(clock, timestep=args.timestep, upscale_factor=args.upscale_factor, tile_size=args.tile_size)
-    PIL.Image.fromarray(side_by_side(clock, np.asarray(result.images[0]))).save(out_dir / "clock_motion_before_after.png")
+    save_image_atomic(PIL.Image.fromarray(side_by_side(clock, np.asarray(result.images[0]))), out_dir / "clock_motion_before_after.png")
     report["clock_motion"] = {"timestep": result.timesteps[0], "source": result.timestep_sources[0]}
     print(f"clock_motion.png (real blur): t={result.timesteps[0]} ({result.timestep_sources[0]}) "
           f"-> {out_dir / 'clock_motion_before_after.png'}")
@@ -64,11 +65,11 @@ def run(args) -> int:
         psnr_in = peak_signal_noise_ratio(sharp, blurry, data_range=255)
         psnr_out = peak_signal_noise_ratio(sharp, restored_np, data_range=255)
         name = f"coffee_n{n}_before_after.png"
-        PIL.Image.fromarray(side_by_side(blurry, restored_np)).save(out_dir / name)
+        save_image_atomic(PIL.Image.fromarray(side_by_side(blurry, restored_np)), out_dir / name)
         report["synthetic"][f"n={n}"] = {"true_timestep": (n - 1) * 20, "timestep": restored.timesteps[0],
                                          "psnr_blurry": round(psnr_in, 2), "psnr_restored": round(psnr_out, 2)}
         print(f"coffee blurred with {n} frames (true t={(n - 1) * 20}): t={restored.timesteps[0]} "
               f"({restored.timestep_sources[0]}), PSNR {psnr_in:.2f} dB -> {psnr_out:.2f} dB  -> {out_dir / name}")
-    (out_dir / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out_dir / "demo_report.json", json.dumps(report, indent=2) + "\n")
     print(f"wrote {out_dir}/ (before | after images and demo_report.json)")
     return 0
