@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic_io import atomic_path
 from .manifest import count_pairs_by_frames, format_frames_table
 
 BUILD_CONFIG_NAME = "fidediff_data.json"
@@ -32,11 +33,9 @@ def check_or_write_build_config(out_dir: str | os.PathLike, settings: dict) -> P
                 f"{out_dir} was built with other settings ({details}); resume with the same settings or use a new --out"
             )
         return path
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 
