@@ -584,3 +584,19 @@ def test_sigkill_during_a_checkpoint_save_then_resume_is_bit_identical(data, tmp
 def test_more_out_of_range_flags_fail_before_training(data, tmp_path, bad, message):
     with pytest.raises(SystemExit, match=message):
         train_base.main(["--preset", "tiny", *_flags(data, tmp_path / "out"), "--lpips_weight", "0", *bad])
+
+
+@pytest.mark.slow
+def test_resume_with_an_empty_rng_file_says_it_is_not_exact(data, tmp_path, caplog):
+    """Issue 13 (4): accelerate's INFO 'Could not load random states' was the only trace, and it is silenced."""
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "run"
+    flags = [*_RESUME_ARGS, *_flags(data, out, steps=4, checkpointing_steps=2, validation_steps=100)]
+    train_base.main([*flags, "--max_steps_this_run", "2"])
+    (out / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with caplog.at_level("INFO", logger="fidediff.train"):
+        train_base.main([*flags, "--resume_from_checkpoint", "latest"])
+    assert "--resume_from_checkpoint latest:" in caplog.text and "checkpoint-2" in caplog.text
+    assert "random_states_0.pkl is empty or unreadable" in caplog.text and "no longer exact" in caplog.text
