@@ -1,0 +1,293 @@
+"""FideDiff as diffusers checks a pipeline and a model.
+
+Modelled on the ideas of diffusers' common testers (``PipelineTesterMixin`` for pipelines, ``ModelTesterMixin`` for
+models), written for this project: tiny components, 16-32 px images, CPU. Each test names the contract it checks.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import diffusers
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+
+from fidediff_pipeline import FideDiffPipeline, FideDiffPromptEmbedding, KernelControlNetModel
+from fidediff_pipeline.presets import build_pipeline, build_unet
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny preset with trained-looking (non-zero) Kernel ControlNet residuals, so that every path matters."""
+    pipeline = build_pipeline("tiny", seed=0)
+    generator = torch.Generator().manual_seed(1)
+    kcn = pipeline.kernel_controlnet
+    with torch.no_grad():
+        for conv in [kcn.kernel_filter.zero_conv, *kcn.controlnet.controlnet_down_blocks, kcn.controlnet.controlnet_mid_block]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def folder(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("conformance_pipeline")
+    pipe.save_pretrained(path)
+    return path
+
+
+def _images(count, height=16, width=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.random((height, width, 3)).astype(np.float32) for _ in range(count)]
+
+
+def _count_calls(module):
+    """Attach a forward pre-hook that counts calls; returns (counter list, handle)."""
+    calls = []
+    handle = module.register_forward_pre_hook(lambda *args: calls.append(1))
+    return calls, handle
+
+
+# ---------------------------------------------------------------------------------------------- loading (issue 12, 1)
+def test_from_pretrained_is_diffusers_loader_with_a_dtype_dict(folder):
+    loaded = FideDiffPipeline.from_pretrained(folder, dtype={"unet": torch.bfloat16, "default": torch.float32})
+    assert loaded.unet.dtype == torch.bfloat16
+    assert loaded.vae.dtype == torch.float32 and loaded.kernel_controlnet.dtype == torch.float32
+    assert loaded.prompt_embedding.dtype == torch.float32
+
+
+def test_custom_components_are_the_installed_package_classes(folder):
+    loaded = FideDiffPipeline.from_pretrained(folder)
+    assert type(loaded) is FideDiffPipeline
+    assert type(loaded.kernel_controlnet) is KernelControlNetModel
+    assert type(loaded.prompt_embedding) is FideDiffPromptEmbedding
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"device_map": "cpu"},
+        {"low_cpu_mem_usage": False},
+        {"use_safetensors": True},
+        {"local_files_only": True, "revision": "main", "token": None},
+        {"trust_remote_code": True},
+        {"dtype": torch.float32},
+    ],
+    ids=lambda kwargs: ",".join(kwargs),
+)
+def test_diffusers_loading_arguments_are_accepted_and_reload_bit_identical(pipe, folder, kwargs, tmp_path):
+    image = _images(1)[0]
+    expected = pipe(image, output_type="np").images
+    loaded = FideDiffPipeline.from_pretrained(folder, cache_dir=tmp_path, **kwargs)
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(loaded(image, output_type="np").images, expected)
+
+
+def test_diffusers_logs_each_loaded_component(folder, caplog):
+    diffusers.utils.logging.enable_propagation()
+    diffusers.utils.logging.set_verbosity_info()
+    try:
+        with caplog.at_level(logging.INFO):
+            FideDiffPipeline.from_pretrained(folder)
+    finally:
+        diffusers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.disable_propagation()
+    assert "Loaded kernel_controlnet as KernelControlNetModel" in caplog.text
+    assert "Loaded unet as UNet2DConditionModel" in caplog.text
+
+
+def test_variants_save_and_load_and_a_missing_variant_is_diffusers_value_error(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path, variant="v1")
+    assert (tmp_path / "kernel_controlnet" / "diffusion_pytorch_model.v1.safetensors").is_file()
+    loaded = FideDiffPipeline.from_pretrained(tmp_path, variant="v1")
+    loaded.set_progress_bar_config(disable=True)
+    image = _images(1)[0]
+    assert np.array_equal(loaded(image, output_type="np").images, pipe(image, output_type="np").images)
+    with pytest.raises(ValueError, match="variant=nope"):
+        FideDiffPipeline.from_pretrained(tmp_path, variant="nope")
+
+
+def test_optional_component_passed_as_none_and_saved_as_none(pipe, folder, tmp_path):
+    base = FideDiffPipeline.from_pretrained(folder, kernel_controlnet=None)
+    assert base.kernel_controlnet is None
+    base.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["kernel_controlnet"] == [None, None]
+    assert FideDiffPipeline.from_pretrained(tmp_path).kernel_controlnet is None
+
+
+# ---------------------------------------------------------------------------------------------- saving (issue 12, 4)
+def test_save_with_safe_serialization_false_warns_and_writes_safetensors(pipe, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        pipe.save_pretrained(tmp_path, safe_serialization=False)
+    assert "safetensors only" in caplog.text
+    files = [p.name for p in Path(tmp_path).rglob("*") if p.is_file()]
+    assert "diffusion_pytorch_model.safetensors" in files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for name in files)
+    loaded = FideDiffPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    image = _images(1)[0]
+    assert np.array_equal(loaded(image, output_type="np").images, pipe(image, output_type="np").images)
+
+
+# ----------------------------------------------------------------------------------------- CPU offload (issue 12, 2)
+def _record_offload_residency(pipeline):
+    """Run diffusers' model CPU offload chain and record, at each model call, which models sit on the device.
+
+    ``enable_model_cpu_offload`` builds accelerate ``CpuOffload`` hooks in ``model_cpu_offload_seq`` order; each
+    hook's ``pre_forward`` (also run by the VAE's ``encode`` / ``decode``) offloads the previous model of the chain
+    and loads its own. On a CPU-only machine both "devices" are the CPU, so the moves are tracked here from the real
+    hooks' own chain: a call loads its model and offloads its ``prev_module_hook``'s model.
+    """
+    pipeline.enable_model_cpu_offload(device="cpu")
+    names = {id(model): name for name, model in pipeline.components.items() if isinstance(model, torch.nn.Module)}
+    resident, record = set(), []
+    for model_id, name in names.items():
+        hook = pipeline.components[name]._hf_hook
+        original = hook.pre_forward
+
+        def pre_forward(module, *args, _name=name, _hook=hook, _original=original, **kwargs):
+            previous = _hook.prev_module_hook
+            if previous is not None:
+                resident.discard(names[id(previous.model)])
+            resident.add(_name)
+            record.append((_name, frozenset(resident)))
+            return _original(module, *args, **kwargs)
+
+        hook.pre_forward = pre_forward
+    return record
+
+
+def test_model_cpu_offload_sequence_follows_the_call_order(pipe):
+    pipeline = FideDiffPipeline(**pipe.components)
+    pipeline.set_progress_bar_config(disable=True)
+    record = _record_offload_residency(pipeline)
+    try:
+        pipeline(_images(1)[0], timestep="auto", output_type="np")
+    finally:
+        pipeline.remove_all_hooks()
+    calls = [name for name, _ in record]
+    assert calls == ["prompt_embedding", "vae", "kernel_controlnet", "kernel_controlnet", "unet", "vae"]
+    on_device = dict(zip(range(len(record)), (r for _, r in record)))
+    unet_call, decode_call = calls.index("unet"), len(calls) - 1
+    # The UNet runs without the Kernel ControlNet or the embedding on the device; VAE decoding without the UNet.
+    assert on_device[unet_call] <= {"unet", "vae"}
+    assert on_device[decode_call] == {"vae"}
+    assert all("unet" not in on_device[i] for i, name in enumerate(calls) if name == "kernel_controlnet")
+    # The chain is the order of each model's last call.
+    last_calls = sorted(set(calls), key=lambda name: max(i for i, c in enumerate(calls) if c == name))
+    assert pipeline.model_cpu_offload_seq.split("->") == last_calls
+
+
+def test_model_cpu_offload_gives_the_same_output(pipe):
+    image = _images(1)[0]
+    expected = pipe(image, output_type="np").images
+    pipeline = FideDiffPipeline(**pipe.components)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.enable_model_cpu_offload(device="cpu")
+    try:
+        np.testing.assert_allclose(pipeline(image, output_type="np").images, expected, atol=1e-6)
+    finally:
+        pipeline.remove_all_hooks()
+
+
+# ------------------------------------------------------------------------------------------------ batching, outputs
+def test_same_sized_images_are_one_unet_batch_equal_to_one_by_one(pipe):
+    images = _images(3) + _images(1, height=20, width=16, seed=5)
+    timesteps = ["auto", 120, "auto", 200]
+    singles = [pipe(img, timestep=t, output_type="np", return_kernels=True) for img, t in zip(images, timesteps)]
+    calls, handle = _count_calls(pipe.unet)
+    try:
+        batched = pipe(images, timestep=timesteps, output_type="np", return_kernels=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the three 16x24 images together, the 20x16 one alone
+    for index, single in enumerate(singles):
+        np.testing.assert_allclose(batched.images[index], single.images[0], atol=1e-5)
+        np.testing.assert_allclose(batched.kernels[index], single.kernels[0], atol=1e-5)
+        assert batched.timesteps[index] == single.timesteps[0]
+        assert batched.timestep_sources[index] == single.timestep_sources[0]
+        assert batched.predicted_timesteps[index] == pytest.approx(single.predicted_timesteps[0], abs=1e-3)
+
+
+def test_batch_size_caps_the_batch_without_changing_results(pipe):
+    images = _images(3)
+    full = pipe(images, timestep=160, output_type="pt").images
+    calls, handle = _count_calls(pipe.unet)
+    try:
+        capped = pipe(images, timestep=160, output_type="pt", batch_size=2).images
+    finally:
+        handle.remove()
+    assert len(calls) == 2
+    torch.testing.assert_close(capped, full, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe(images, batch_size=0)
+
+
+def test_tiled_batch_equals_tiled_singles(pipe):
+    images = _images(2, height=32, width=40, seed=3)
+    settings = dict(timestep="auto", tiling=True, tile_size=8, tile_overlap=2, output_type="np", return_kernels=True)
+    batched = pipe(images, **settings)
+    for index, image in enumerate(images):
+        single = pipe(image, **settings)
+        np.testing.assert_allclose(batched.images[index], single.images[0], atol=1e-5)
+        np.testing.assert_allclose(batched.kernels[index], single.kernels[0], atol=1e-5)
+        assert batched.timesteps[index] == single.timesteps[0]
+
+
+def test_output_type_latent_returns_the_restored_latents(pipe):
+    image = _images(1)[0]
+    latents = pipe(image, timestep=120, upscale_factor=1, output_type="latent").images
+    factor = pipe.vae_scale_factor
+    assert latents.shape == (1, pipe.unet.config.in_channels, 16 // factor, 24 // factor)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    expected = pipe(image, timestep=120, upscale_factor=1, output_type="pt").images
+    torch.testing.assert_close(((decoded + 1) / 2).clamp(0, 1), expected, atol=1e-6, rtol=0)
+    mixed = pipe([image, _images(1, 20, 16)[0]], timestep=120, output_type="latent").images
+    assert isinstance(mixed, list) and len(mixed) == 2
+
+
+def test_progress_bar_counts_images_and_tiles_and_can_be_disabled(pipe, capsys):
+    pipeline = FideDiffPipeline(**pipe.components)
+    pipeline.set_progress_bar_config(disable=False)
+    pipeline(_images(3), timestep=120, output_type="np")
+    assert "3/3" in capsys.readouterr().err
+    tiles = pipeline._tiles_per_image(32, 40, 2, True, 8, 2)  # 32x40 px at upscale 2 -> latent tiles of 8
+    assert tiles > 1
+    pipeline(_images(1, 32, 40)[0], timestep=120, tiling=True, tile_size=8, tile_overlap=2, output_type="np")
+    assert f"{tiles}/{tiles}" in capsys.readouterr().err
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline(_images(2), timestep=120, output_type="np")
+    assert capsys.readouterr().err == ""
+
+
+def test_dict_and_tuple_outputs_are_the_same(pipe):
+    images = _images(2)
+    out = pipe(images, timestep="auto", output_type="np")
+    images_tuple, timesteps = pipe(images, timestep="auto", output_type="np", return_dict=False)
+    assert np.array_equal(out.images, images_tuple) and out.timesteps == timesteps
+
+
+def test_pt_np_and_pil_inputs_and_outputs_agree(pipe):
+    array = (_images(1)[0] * 255).round().astype(np.uint8)
+    pil = PIL.Image.fromarray(array)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    outs = [pipe(x, timestep=160, output_type="np").images[0] for x in (array, pil, tensor)]
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-6)
+    np.testing.assert_allclose(outs[2], outs[0], atol=1e-6)
+    pt = pipe(array, timestep=160, output_type="pt").images[0]
+    pil_out = pipe(array, timestep=160, output_type="pil").images[0]
+    np.testing.assert_allclose(pt.permute(1, 2, 0).numpy(), outs[0], atol=1e-6)
+    assert np.abs(np.asarray(pil_out).astype(np.float32) / 255 - outs[0]).max() <= 0.5 / 255 + 1e-6
+
+
+def test_to_dtype_and_device(folder):
+    loaded = FideDiffPipeline.from_pretrained(folder)
+    loaded.to(torch.bfloat16)
+    assert all(m.dtype == torch.bfloat16 for m in (loaded.unet, loaded.vae, loaded.kernel_controlnet, loaded.prompt_embedding))
+    loaded.to("cpu", torch.float32)
+    assert loaded.device.type == "cpu" and loaded.unet.dtype == torch.float32
