@@ -12,7 +12,7 @@ import torch
 # 40 megapixels: a 8K photo fits; a decompression bomb does not. Configurable per call.
 DEFAULT_MAX_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
-SUPPORTED_INPUTS = "PIL images, numpy arrays (HxW, HxWx1/3/4; uint8, or float in [0, 1]), torch tensors ([C,H,W] or [B,C,H,W], float in [0, 1]), file paths, or a list of these"
+SUPPORTED_INPUTS = "PIL images, numpy arrays (HxW, HxWx1/3/4, or a batch BxHxWxC; uint8, or float in [0, 1]), torch tensors ([C,H,W] or [B,C,H,W], float in [0, 1]), file paths, or a list of these"
 
 
 def _check_size(height: int, width: int, max_pixels: int | None, what: str) -> None:
@@ -158,7 +158,7 @@ def _numpy_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
-        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW and HxWxC arrays with C in 1, 3, 4")
+        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW, HxWxC and BxHxWxC arrays with C in 1, 3, 4")
     channels = array.shape[2]
     if channels not in (1, 3, 4):
         raise ValueError(f"{what} has {channels} channels; accepted are 1 (gray), 3 (RGB) and 4 (RGBA)")
@@ -211,9 +211,13 @@ def _tensor_to_list(tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
 def _check_layout(shape: tuple, what: str, channels_last: bool) -> None:
     """Name an empty batch or a transposed layout, instead of a size error about the wrong axes."""
     if channels_last:
-        if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4) and min(shape[1:]) >= MIN_IMAGE_SIDE:
-            raise ValueError(f"{what} has shape {shape}, which looks channels-first; numpy arrays must be HxWxC "
-                             "(use array.transpose(1, 2, 0))")
+        if len(shape) == 4 and shape[0] == 0:
+            raise ValueError(f"{what} is an empty batch (shape {shape}); pass at least one image")
+        if len(shape) in (3, 4) and shape[-3] in (1, 3, 4) and shape[-1] not in (1, 3, 4) \
+                and min(shape[-2:]) >= MIN_IMAGE_SIDE:
+            layout, order = ("HxWxC", "(1, 2, 0)") if len(shape) == 3 else ("BxHxWxC", "(0, 2, 3, 1)")
+            raise ValueError(f"{what} has shape {shape}, which looks channels-first; numpy arrays must be {layout} "
+                             f"(use array.transpose{order})")
         return
     if len(shape) == 4 and shape[0] == 0:
         raise ValueError(f"{what} is an empty batch (shape {shape}); pass at least one image")
@@ -223,12 +227,27 @@ def _check_layout(shape: tuple, what: str, channels_last: bool) -> None:
                          f"[B, C, H, W] (use tensor.permute{order})")
 
 
+def _numpy_batch_items(array: np.ndarray, what: str) -> list[tuple[np.ndarray, str]]:
+    """A ``BxHxWxC`` array is ``B`` images (diffusers' convention for numpy batches); any other array is one."""
+    if array.ndim > 4:
+        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW, HxWxC and BxHxWxC arrays with C in 1, 3, 4")
+    if array.ndim != 4:
+        return [(array, what)]
+    if len(array) == 1:
+        return [(array[0], what)]
+    return [(item, f"{what}, batch item {index}") for index, item in enumerate(array)]
+
+
 def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
     """Convert any accepted input to a list of float tensors ``[3, H, W]`` in ``[0, 1]`` (CPU).
+
+    A numpy ``BxHxWxC`` array and a ``[B, C, H, W]`` tensor are ``B`` images.
 
     Example:
         >>> prepare_images(np.zeros((16, 16, 3), dtype=np.uint8))[0].shape
         torch.Size([3, 16, 16])
+        >>> len(prepare_images(np.zeros((2, 16, 16, 3), dtype=np.float32)))
+        2
     """
     items: Sequence[Any] = image if isinstance(image, (list, tuple)) else [image]
     if len(items) == 0:
@@ -248,9 +267,10 @@ def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> l
             tensors.append(_numpy_to_tensor(np.asarray(to_rgb(item)), what))
         elif isinstance(item, np.ndarray):
             _check_layout(tuple(item.shape), what, channels_last=True)
-            if item.ndim >= 2:
-                _check_size(item.shape[0], item.shape[1], max_pixels, what)
-            tensors.append(_numpy_to_tensor(item, what))
+            for array, array_what in _numpy_batch_items(item, what):
+                if array.ndim >= 2:
+                    _check_size(array.shape[0], array.shape[1], max_pixels, array_what)
+                tensors.append(_numpy_to_tensor(array, array_what))
         elif isinstance(item, torch.Tensor):
             _check_layout(tuple(item.shape), what, channels_last=False)
             if item.ndim >= 2:

@@ -291,3 +291,35 @@ def test_to_dtype_and_device(folder):
     assert all(m.dtype == torch.bfloat16 for m in (loaded.unet, loaded.vae, loaded.kernel_controlnet, loaded.prompt_embedding))
     loaded.to("cpu", torch.float32)
     assert loaded.device.type == "cpu" and loaded.unet.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ batched inputs (issue 12, 3)
+def test_numpy_batch_is_a_batch_of_images(pipe):
+    images = _images(3)
+    expected = pipe(images, timestep="auto", output_type="np")
+    batched = pipe(np.stack(images), timestep="auto", output_type="np")
+    assert batched.images.shape == (3, 16, 24, 3) and batched.timesteps == expected.timesteps
+    np.testing.assert_allclose(batched.images, expected.images, atol=1e-6)
+    single = pipe(np.random.default_rng(0).random((1, 16, 16, 3)).astype(np.float32), output_type="np")
+    assert single.images.shape == (1, 16, 16, 3)
+
+
+def test_tensor_batch_is_a_batch_of_images(pipe):
+    images = _images(2)
+    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    expected = pipe(images, timestep=120, output_type="pt").images
+    torch.testing.assert_close(pipe(tensor, timestep=120, output_type="pt").images, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((0, 16, 16, 3), np.float32), "empty batch"),
+        (np.zeros((2, 3, 16, 16), np.float32), r"looks channels-first.*BxHxWxC.*transpose\(0, 2, 3, 1\)"),
+        (np.zeros((2, 16, 16, 5), np.float32), "batch item 0 has 5 channels"),
+        (np.zeros((1, 2, 16, 16, 3), np.float32), "BxHxWxC"),
+    ],
+)
+def test_bad_numpy_batches_are_named(pipe, array, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(array)
