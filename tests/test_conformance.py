@@ -4,6 +4,7 @@ Modelled on the ideas of diffusers' common testers (``PipelineTesterMixin`` for 
 models), written for this project: tiny components, 16-32 px images, CPU. Each test names the contract it checks.
 """
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -323,3 +324,66 @@ def test_tensor_batch_is_a_batch_of_images(pipe):
 def test_bad_numpy_batches_are_named(pipe, array, message):
     with pytest.raises(ValueError, match=message):
         pipe(array)
+
+
+# ------------------------------------------------------------------------------------- attention API (issue 12, 5)
+def _attention_layers(model):
+    return [module for module in model.modules() if isinstance(module, Attention)]
+
+
+def _fresh_pipeline(pipe):
+    """A pipeline with its own copies of the models, so that processor changes do not leak into other tests."""
+    copies = {name: copy.deepcopy(c) if isinstance(c, torch.nn.Module) else c for name, c in pipe.components.items()}
+    pipeline = FideDiffPipeline(**copies)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_kernel_controlnet_exposes_every_attention_processor(pipe):
+    kcn = pipe.kernel_controlnet
+    layers = _attention_layers(kcn)
+    assert layers and len(kcn.attn_processors) == len(layers)
+    assert all(name.startswith("controlnet.") and name.endswith(".processor") for name in kcn.attn_processors)
+
+
+def test_attention_slicing_reaches_the_kernel_controlnet_and_keeps_the_output(pipe):
+    pipeline = _fresh_pipeline(pipe)
+    image = _images(1)[0]
+    expected = pipeline(image, timestep=160, output_type="np").images
+    pipeline.enable_attention_slicing(slice_size=1)
+    for model in (pipeline.unet, pipeline.kernel_controlnet):
+        assert all(isinstance(layer.processor, SlicedAttnProcessor) for layer in _attention_layers(model))
+    np.testing.assert_allclose(pipeline(image, timestep=160, output_type="np").images, expected, atol=1e-5)
+    pipeline.disable_attention_slicing()
+    assert not any(isinstance(layer.processor, SlicedAttnProcessor) for layer in _attention_layers(pipeline.kernel_controlnet))
+
+
+def test_processor_swaps_reach_every_layer_and_keep_the_output(pipe):
+    pipeline = _fresh_pipeline(pipe)
+    image = _images(1)[0]
+    expected = pipeline(image, timestep=160, output_type="np").images
+    for model in (pipeline.unet, pipeline.kernel_controlnet):
+        model.set_attn_processor(AttnProcessor())
+        assert all(type(p) is AttnProcessor for p in model.attn_processors.values())
+    np.testing.assert_allclose(pipeline(image, timestep=160, output_type="np").images, expected, atol=1e-5)
+    kcn = pipeline.kernel_controlnet
+    kcn.set_attn_processor({name: AttnProcessor2_0() for name in kcn.attn_processors})  # one processor per layer
+    assert all(type(p) is AttnProcessor2_0 for p in kcn.attn_processors.values())
+    kcn.set_default_attn_processor()
+    assert all(type(p) is AttnProcessor for p in kcn.attn_processors.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"estimator_channels": (4, 8)}, r"estimator_channels=\(4, 8\): the skip join of levels 0 and 1 has 12 channels"),
+        ({"estimator_channels": (12,)}, "level 0 has 12 channels"),
+        ({"estimator_channels": ()}, "non-empty list of positive ints"),
+        ({"kernel_size": 4}, "positive odd number"),
+        ({"regressor_channels": 0}, "regressor_channels must be a positive int"),
+    ],
+)
+def test_kernel_controlnet_config_is_checked_at_construction(kwargs, message):
+    unet = build_unet("tiny")
+    with pytest.raises(ValueError, match=message):
+        KernelControlNetModel.from_unet(unet, **{"kernel_size": 5, **kwargs})
