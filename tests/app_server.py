@@ -1,13 +1,15 @@
 """Start the demo (``python app.py``) on 127.0.0.1 in a subprocess, once per test run, for the app tests.
 
 Both tests/test_app.py and tests/test_app_browser.py use the same server: starting Gradio, torch and the model
-costs about 15 s on 2 CPU cores. The model is a random tiny pipeline saved in a temporary folder.
+costs about 15 s on 2 CPU cores. The model is a random tiny pipeline saved in a temporary folder; the server gets a
+copy with a model card tagged ``tiny``, as the bundled checkpoint has, so the page shows its demo-model notice.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,7 +64,10 @@ def get_app_server(model_folder: Path, work_dir: Path, timeout: float = 180.0) -
     port = free_port()
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / "app.log"
-    env = app_env(model_folder, work_dir, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    served_model = work_dir / "model"
+    shutil.copytree(model_folder, served_model, dirs_exist_ok=True)
+    (served_model / "README.md").write_text("---\ntags: [fidediff, tiny]\n---\n# A random tiny test model\n")
+    env = app_env(served_model, work_dir, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     atexit.register(_stop, process)

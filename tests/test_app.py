@@ -60,7 +60,7 @@ def app_module(tiny_pipeline_folder, tmp_path_factory):
     patch.undo()
 
 
-def _predict(client, image_path, mode="auto (predicted by the model)", timestep=200, upscale_factor=2):
+def _predict(client, image_path, mode="auto", timestep=200, upscale_factor=2):
     return client.predict(handle_file(str(image_path)), mode, timestep, upscale_factor, api_name="/deblur")
 
 
@@ -71,8 +71,12 @@ def test_deblur_returns_same_size_image_kernels_and_blur_level(client, tmp_path)
     assert Image.open(before).size == (64, 48)
     with Image.open(after) as restored:
         assert restored.size == (64, 48) and restored.format == "PNG"
-    assert re.search(r"Blur level: t = \d+\*\* \(predicted by the model's t-regressor\)", text), text
-    assert re.search(r"n = \d+\.\d", text) and "d = 1" in text  # tiny VAE factor 2, upsampled 2x
+    # In plain terms: frames at 240 fps, milliseconds, pixels; where the number came from; the setting in words.
+    assert re.search(r"Blur: about \d+ frames at 240 fps\*\* \(≈ \d+ ms of motion; blur level t = \d+, "
+                     r"estimated from the photo\)", text), text
+    assert re.search(r"Across the photo the estimate ranges from \d+ to \d+ frames|The model is unsure", text), text
+    assert re.search(r"Blur length: (about \d+ px|under 2 px)", text), text
+    assert "More detail (slower) (d = 1)" in text  # tiny VAE factor 2, upsampled 2x
     # The download is the full-resolution result, lossless, named after the upload.
     assert Path(download).name == "blurry photo_fidediff.png"
     assert np.array_equal(np.asarray(Image.open(download)), np.asarray(Image.open(after).convert("RGB")))
@@ -83,19 +87,20 @@ def test_manual_timestep_and_d8(client, tmp_path):
     image_path = _blurry_image(tmp_path / "b.png", size=(40, 32), seed=1)
     (_, after), _, text, _ = _predict(client, image_path, mode="manual", timestep=120, upscale_factor=1)
     assert Image.open(after).size == (40, 32)
-    assert "t = 120** (set by you)" in text and "n = 7.0" in text and "d = 2" in text  # tiny VAE factor 2
-    assert "The model's own estimate: t = " in text
+    assert "about 7 frames at 240 fps** (≈ 29 ms of motion; blur level t = 120, set by you)" in text, text
+    assert "Faster (d = 2)" in text  # tiny VAE factor 2
+    assert "The model's own estimate: about " in text
 
 
 @pytest.mark.parametrize(
-    "name, content, expected",
+    "name, content, title, expected",
     [
-        ("notes.png", b"these are notes, not pixels", "not an image file that can be read"),
-        ("truncated.png", None, "corrupt or truncated"),
-        ("huge.png", "huge", f"accepts up to {TEST_MAX_PIXELS / 1e6:g} MP"),
+        ("notes.png", b"these are notes, not pixels", "Cannot read this image", "not an image file that can be read"),
+        ("truncated.png", None, "Cannot read this image", "corrupt or truncated"),
+        ("huge.png", "huge", "Image too large", f"accepts up to {TEST_MAX_PIXELS / 1e6:g} MP"),
     ],
 )
-def test_bad_upload_gives_a_readable_message(client, tmp_path, name, content, expected):
+def test_bad_upload_gives_a_readable_message(client, tmp_path, name, content, title, expected):
     path = tmp_path / name
     if content is None:
         _blurry_image(path)
@@ -109,6 +114,8 @@ def test_bad_upload_gives_a_readable_message(client, tmp_path, name, content, ex
     message = str(info.value)
     assert expected in message, message
     assert name in message and "Traceback" not in message and "/tmp/" not in message
+    # The title starts the message (Gradio 6.31's page heads every toast "Error") and is the error's title.
+    assert message.startswith(f"<strong>{title}.</strong>") and info.value.title == title
 
 
 def test_server_refuses_files_over_max_file_size(server, tmp_path):
@@ -292,3 +299,195 @@ def test_export_space_interrupted_keeps_the_previous_export_whole(tiny_pipeline_
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the old export, whole; not a mix of old and new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "space"]  # no staging folder left behind
+
+
+# ---------------------------------------------------------------------------------------------------- issue 14
+def _png16(path: Path, size=(40, 32), seed=0) -> np.ndarray:
+    """A 16-bit RGB PNG with values between the 8-bit levels; returns its uint16 data."""
+    import app as _  # noqa: F401  (only for write_png16 below: the app module is imported by the fixture)
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    x = np.linspace(0, 1, w)[None, :, None]
+    data = (0.3 + 0.4 * x + 0.02 * np.arange(3) + 0.01 * rng.random((h, w, 3))).clip(0, 1)
+    sys.modules["app"].write_png16(path, data)
+    return np.rint(data * 65535).astype(np.uint16)
+
+
+def _png_bit_depth(path) -> int:
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return data[24]
+
+
+def test_view_api_types_names_and_descriptions(client):
+    """The API advertises what the server accepts: an int detail factor, "auto"/"manual", described parameters,
+    readable output names."""
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/deblur"]
+    params = {p["parameter_name"]: p for p in api["parameters"]}
+    assert list(params) == ["image_path", "blur_mode", "timestep", "upscale_factor"]
+    assert params["upscale_factor"]["type"]["type"] == "integer"
+    assert params["upscale_factor"]["python_type"]["type"] == "int"
+    assert "2 (More detail (slower)), 1 (Faster)" in params["upscale_factor"]["python_type"]["description"]
+    assert params["blur_mode"]["python_type"]["type"] == "Literal['auto', 'manual']"
+    for name, param in params.items():
+        assert len(param["python_type"]["description"]) > 20, name
+    labels = [r["label"] for r in api["returns"]]
+    assert labels == ["Before / after", "Blur kernels", "Blur level", "Deblurred photo (full-resolution PNG)"]
+    assert "Deblur a motion-blurred photo" in api["description"]
+
+
+def test_detail_factor_as_int_or_digit_string(client, tmp_path):
+    image_path = _blurry_image(tmp_path / "s.png", size=(24, 16))
+    for factor in (1, "1"):
+        (_, after), *_ = _predict(client, image_path, upscale_factor=factor)
+        assert Image.open(after).size == (24, 16)
+
+
+@pytest.mark.parametrize("t", [-50, 401, 1000])
+def test_out_of_range_t_is_refused_with_its_range(client, tmp_path, t):
+    image_path = _blurry_image(tmp_path / "t.png", size=(24, 16))
+    with pytest.raises(AppError) as info:
+        _predict(client, image_path, mode="manual", timestep=t)
+    message = str(info.value)
+    assert "Blur level out of range" in message and "between 0 and 400" in message and f"you entered {t}" in message
+
+
+def test_16bit_png_round_trip_keeps_16_bits(client, tmp_path):
+    source = _png16(tmp_path / "deep.png")
+    (before, after), _, text, download = _predict(client, tmp_path / "deep.png", upscale_factor=1)
+    assert "16-bit PNG" in text
+    assert _png_bit_depth(download) == 16 and Path(download).name == "deep_fidediff.png"
+    assert Image.open(after).size == (40, 32)
+    cv2 = pytest.importorskip("cv2")
+    restored = cv2.imread(download, cv2.IMREAD_UNCHANGED)
+    assert restored.dtype == np.uint16 and restored.shape == source.shape
+    assert len(np.unique(restored)) > 256 or np.any(restored % 257)  # not an 8-bit result stretched to 16
+
+
+def test_write_png16_reads_back_exactly(app_module, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    source = _png16(tmp_path / "x.png", size=(13, 9))
+    back = cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    np.testing.assert_array_equal(back, source)
+    from fidediff_pipeline.image_processing import read_image
+
+    np.testing.assert_allclose(read_image(tmp_path / "x.png"), source / 65535.0, atol=1e-6)
+
+
+def test_read_upload_first_frame_of_animations_and_16_bit_float(app_module, tmp_path):
+    frames = [Image.new("RGB", (20, 12), colour) for colour in ("red", "blue", "green")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    image, notes = app_module.read_upload(str(tmp_path / "anim.gif"))
+    assert image.size == (20, 12) and image.getpixel((0, 0))[0] > 200  # the first (red) frame
+    assert any("animated GIF with 3 frames" in n and "first frame" in n for n in notes), notes
+    frames[0].save(tmp_path / "pages.tiff", save_all=True, append_images=frames[1:])
+    _, notes = app_module.read_upload(str(tmp_path / "pages.tiff"))
+    assert any("3 frames" in n and "first frame" in n for n in notes), notes
+    source = _png16(tmp_path / "deep.png")
+    image, notes = app_module.read_upload(str(tmp_path / "deep.png"))
+    if importlib.util.find_spec("cv2"):  # the shared reader reads 16-bit colour through OpenCV
+        assert image.dtype == np.float32 and np.abs(image - source / 65535.0).max() < 1e-6
+    # The upload-time check: the estimate, and the notes shown with it.
+    text = app_module.check_upload(str(tmp_path / "anim.gif"), 1)
+    assert "Estimated time" in text and "first frame" in text
+
+
+def test_upload_check_reports_unreadable_files_with_a_title(app_module, tmp_path):
+    import gradio as gr
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(gr.Error) as info:
+        app_module.check_upload(str(broken), 1)
+    assert info.value.title == "Cannot read this image" and "broken.png" in info.value.message
+    assert app_module.check_upload(None, 1) == ""
+
+
+def test_demo_model_detection_from_the_card(app_module, tmp_path):
+    from fidediff_pipeline import DEFAULT_MODEL
+
+    detect = app_module.is_demo_model
+    assert detect(DEFAULT_MODEL, Path(DEFAULT_MODEL)) or not Path(DEFAULT_MODEL).is_dir()
+    cards = {
+        "tagged": "---\ntags: [fidediff, tiny]\n---\n# x\n",
+        "says": "# A model\nThis is a demo model for the code path.\n",
+        "full": "---\ntags: [fidediff, motion-deblurring]\n---\n# FideDiff SD 2.1\nThe paper's model.\n",
+    }
+    for name, card in cards.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(card)
+    assert detect("x", tmp_path / "tagged") and detect("x", tmp_path / "says")
+    assert not detect("x", tmp_path / "full") and not detect("x", tmp_path) and not detect("user/model", None)
+    assert "FIDEDIFF_MODEL=<folder or Hub id> python app.py" in app_module.DEMO_NOTICE
+    assert "small CPU demo model" in app_module.DEMO_NOTICE
+
+
+def test_example_cache_is_keyed_to_the_model(app_module, tiny_pipeline_folder, tmp_path):
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_folder, model)
+    key = app_module.model_cache_key(model, str(model))
+    assert key == app_module.model_cache_key(model, str(model))  # stable
+    weights = next(model.rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # retrained: one byte of the weights differs
+    weights.write_bytes(bytes(data))
+    assert app_module.model_cache_key(model, str(model)) != key
+    assert app_module.model_cache_key(None, "user/a") != app_module.model_cache_key(None, "user/b")
+    folder = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ""))
+    assert folder.name.endswith(app_module.MODEL_KEY) and app_module.examples_cache_folder() == folder
+
+
+def test_controls_and_examples_use_the_same_words(app_module):
+    labels = dict(app_module.DETAIL_CHOICES)
+    assert list(labels) == ["More detail (slower)", "Faster"] and labels == {"More detail (slower)": 2, "Faster": 1}
+    assert app_module.DEFAULT_UPSCALE in labels.values()
+    modes = [value for _, value in app_module.BLUR_MODES]
+    for (path, mode, t, factor), label in zip(app_module.EXAMPLES, app_module.EXAMPLE_LABELS):
+        assert mode in modes and factor in labels.values()
+        assert label.endswith(app_module.DETAIL_LABELS[factor]), label
+        assert (f"t = {t}" in label) == (mode == "manual"), label
+    # The first examples use the page's default setting; "d = " jargon stays out of the labels.
+    assert [e[3] for e in app_module.EXAMPLES[:2]] == [app_module.DEFAULT_UPSCALE] * 2
+    assert not any("d = " in label for label in app_module.EXAMPLE_LABELS)
+
+
+def test_describe_in_plain_terms_with_a_range(app_module):
+    m = 9
+    kernels = np.zeros((2, 2, m, m), np.float32)
+    kernels[..., 4, 1:8] = 1 / 7  # 7 px straight streaks
+    result = {"timestep": 200, "source": "predicted", "predicted": 200.0, "kernels": kernels, "seconds": 1.0,
+              "grid_timesteps": np.array([[100.0, 120.0], [300.0, 320.0]])}
+    text = app_module.describe(result, 1, (64, 48))
+    assert "about 11 frames at 240 fps" in text and "≈ 46 ms" in text
+    assert "The model is unsure" in text and "Blur length: about 7 px" in text
+    result["grid_timesteps"] = np.full((2, 2), 200.0)
+    kernels[:] = 0
+    kernels[..., 4, 4] = 1
+    text = app_module.describe(result, 1, (64, 48))
+    assert "a consistent estimate" in text and "Blur length: under 2 px" in text
+
+
+def test_time_estimate_grows_with_size_and_detail(app_module):
+    small = app_module.SPEED.estimate(100, 100, 1)
+    assert 0 < small < app_module.SPEED.estimate(1000, 1000, 1) < app_module.SPEED.estimate(1000, 1000, 2)
+    text = app_module.estimate_text((640, 480), 1)
+    assert text.startswith("**Estimated time:") and "640 x 480" in text and '"Faster"' in text
+    assert app_module.tile_count(64, 48, 1) == 1 and app_module.tile_count(2000, 2000, 2) > 1
+
+
+def test_kernel_picture_has_a_legend():
+    from fidediff_pipeline.kernel_visualization import draw_kernel_grid, kernel_lengths
+
+    kernels = np.zeros((6, 8, 9, 9), np.float32)
+    kernels[..., 4, 4] = 1
+    image = Image.new("RGB", (64, 48), "gray")
+    plain, legend = draw_kernel_grid(image, kernels), draw_kernel_grid(image, kernels, legend=True)
+    assert legend.width == plain.width and legend.height > plain.height + 30
+    assert np.array_equal(np.asarray(legend)[: plain.height], np.asarray(plain))
+    line = np.zeros((9, 9), np.float32)
+    line[2:7, 4] = 0.2
+    assert float(kernel_lengths(line)) == pytest.approx(5.0) and float(kernel_lengths(kernels[0, 0])) == 1.0
