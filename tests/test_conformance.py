@@ -387,3 +387,108 @@ def test_kernel_controlnet_config_is_checked_at_construction(kwargs, message):
     unet = build_unet("tiny")
     with pytest.raises(ValueError, match=message):
         KernelControlNetModel.from_unet(unet, **{"kernel_size": 5, **kwargs})
+
+
+# --------------------------------------------------------------- KernelControlNetModel as diffusers tests a model
+@pytest.fixture(scope="module")
+def kcn_inputs(pipe):
+    generator = torch.Generator().manual_seed(2)
+    channels = pipe.unet.config.in_channels
+    return {
+        "image": torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1,
+        "sample": torch.randn(2, channels, 8, 8, generator=generator),
+        "timestep": torch.tensor([120, 200]),
+        "encoder_hidden_states": pipe.prompt_embedding(batch_size=2).detach().clone(),
+    }
+
+
+def _kcn_outputs(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs)
+    return [out.kernels, out.predicted_timestep, *out.down_block_res_samples, out.mid_block_res_sample]
+
+
+def _assert_outputs_close(actual, expected, atol=0.0):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a.float(), e.float(), atol=atol, rtol=0)
+
+
+def test_kernel_controlnet_is_deterministic_and_batch_independent(pipe, kcn_inputs):
+    kcn = pipe.kernel_controlnet
+    first, second = _kcn_outputs(kcn, kcn_inputs), _kcn_outputs(kcn, kcn_inputs)
+    _assert_outputs_close(first, second)
+    single = _kcn_outputs(kcn, {k: v[:1] for k, v in kcn_inputs.items()})
+    _assert_outputs_close(single, [o[:1] for o in first], atol=1e-5)
+
+
+def test_kernel_controlnet_save_load_and_variants(pipe, kcn_inputs, tmp_path):
+    kcn = pipe.kernel_controlnet
+    kcn.save_pretrained(tmp_path / "plain")
+    kcn.save_pretrained(tmp_path / "variant", variant="v1")
+    _assert_outputs_close(_kcn_outputs(KernelControlNetModel.from_pretrained(tmp_path / "plain"), kcn_inputs),
+                          _kcn_outputs(kcn, kcn_inputs))
+    reloaded = KernelControlNetModel.from_pretrained(tmp_path / "variant", variant="v1")
+    _assert_outputs_close(_kcn_outputs(reloaded, kcn_inputs), _kcn_outputs(kcn, kcn_inputs))
+    with pytest.raises(OSError, match="nope"):
+        KernelControlNetModel.from_pretrained(tmp_path / "variant", variant="nope")
+
+
+def test_kernel_controlnet_dtypes(pipe, kcn_inputs, tmp_path):
+    pipe.kernel_controlnet.save_pretrained(tmp_path)
+    expected = _kcn_outputs(pipe.kernel_controlnet, kcn_inputs)
+    for dtype in (torch.bfloat16, torch.float16):
+        model = KernelControlNetModel.from_pretrained(tmp_path, dtype=dtype)
+        assert model.dtype == dtype and all(p.dtype == dtype for p in model.parameters())
+    model = KernelControlNetModel.from_pretrained(tmp_path).to(torch.bfloat16)
+    outputs = _kcn_outputs(model, {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in kcn_inputs.items()})
+    assert all(o.dtype in (torch.bfloat16, torch.float32) for o in outputs)
+    # kernels are probabilities, t is in [0, 1000]: bf16 keeps them within a few percent
+    torch.testing.assert_close(outputs[0].float(), expected[0], atol=2e-2, rtol=0)
+    torch.testing.assert_close(outputs[1].float(), expected[1], atol=10.0, rtol=0)
+
+
+def _training_gradients(model, inputs):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs)
+    loss = out.kernels.square().mean() + out.predicted_timestep.mean() / 1000
+    loss = loss + sum(r.square().mean() for r in out.down_block_res_samples) + out.mid_block_res_sample.square().mean()
+    loss.backward()
+    model.eval()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_kernel_controlnet_trains_and_gradient_checkpointing_gives_the_same_gradients(pipe, kcn_inputs):
+    model = copy.deepcopy(pipe.kernel_controlnet)
+    plain = _training_gradients(model, kcn_inputs)
+    assert set(plain) == {name for name, _ in model.named_parameters()}, "every parameter is trained"
+    assert not model.is_gradient_checkpointing
+    model.enable_gradient_checkpointing()
+    assert model.is_gradient_checkpointing
+    checkpointed = _training_gradients(model, kcn_inputs)
+    assert set(checkpointed) == set(plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_layerwise_casting_runs_on_cpu(pipe):
+    pipeline = _fresh_pipeline(pipe)
+    image = _images(1)[0]
+    expected = pipeline(image, timestep=160, output_type="np").images
+    for model in (pipeline.unet, pipeline.kernel_controlnet):
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    assert pipeline.kernel_controlnet.kernel_filter.conv_z.weight.dtype == torch.float8_e4m3fn
+    out = pipeline(image, timestep=160, output_type="np").images
+    assert out.shape == expected.shape and np.isfinite(out).all()
+    assert np.abs(out - expected).mean() < 0.1  # float8 storage: close, not equal
+
+
+def test_group_offloading_runs_on_cpu_with_the_same_output(pipe):
+    pipeline = _fresh_pipeline(pipe)
+    image = _images(1)[0]
+    expected = pipeline(image, timestep="auto", output_type="np").images
+    cpu = torch.device("cpu")
+    for model in (pipeline.unet, pipeline.kernel_controlnet):
+        model.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="leaf_level")
+    np.testing.assert_allclose(pipeline(image, timestep="auto", output_type="np").images, expected, atol=1e-6)
