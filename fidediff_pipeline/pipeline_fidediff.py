@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 
 from .image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
 from .modeling_kernel_controlnet import KernelControlNetModel
@@ -364,7 +365,7 @@ class FideDiffPipeline(DiffusionPipeline):
                 when a large batch does not fit in memory. Results do not depend on it.
 
         The progress bar counts images (and, for tiled images, their tiles); ``pipe.set_progress_bar_config(
-        disable=True)`` turns it off.
+        disable=True)`` turns it off. One untiled image shows none unless the config asks (``disable=False``).
 
         Returns:
             [`FideDiffPipelineOutput`] or a tuple ``(images, timesteps)``.
@@ -398,7 +399,7 @@ class FideDiffPipeline(DiffusionPipeline):
         tiles = [self._tiles_per_image(*images[b[0]].shape[-2:], upscale, tiling, tile, overlap) for b in batches]
 
         results: list[dict | None] = [None] * len(images)
-        with self.progress_bar(total=sum(max(n, 1) * len(b) for n, b in zip(tiles, batches))) as progress:
+        with self._progress_bar(sum(max(n, 1) * len(b) for n, b in zip(tiles, batches))) as progress:
             for indices, num_tiles in zip(batches, tiles):
                 batch_results = self._restore_batch(
                     torch.stack([images[i] for i in indices]), [requested[i] for i in indices], upscale,
@@ -423,6 +424,16 @@ class FideDiffPipeline(DiffusionPipeline):
             predicted_timesteps=[r["predicted"] for r in results] if self.kernel_controlnet is not None else None,
             kernels=[r["kernels"] for r in results] if return_kernels else None,
         )
+
+    def _progress_bar(self, total: int):
+        """diffusers' progress bar (``set_progress_bar_config`` applies), silent for a single step by default.
+
+        One image in one UNet evaluation makes a bar that says nothing, and callers that loop over images (training
+        validation, evaluation scripts) would print one per image; an explicit ``disable`` in the config wins.
+        """
+        if total <= 1 and "disable" not in getattr(self, "_progress_bar_config", {}):
+            return tqdm(total=total, disable=True)
+        return self.progress_bar(total=total)
 
     def _choose_timestep(self, requested: int | None, predicted: float | None) -> tuple[int, str]:
         """The caller's t, else the t-regressor's (rounded, clamped), else the default; with where it came from."""

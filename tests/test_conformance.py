@@ -261,9 +261,19 @@ def test_progress_bar_counts_images_and_tiles_and_can_be_disabled(pipe, capsys):
     assert tiles > 1
     pipeline(_images(1, 32, 40)[0], timestep=120, tiling=True, tile_size=8, tile_overlap=2, output_type="np")
     assert f"{tiles}/{tiles}" in capsys.readouterr().err
+    pipeline(_images(1)[0], timestep=120, output_type="np")
+    assert "1/1" in capsys.readouterr().err  # asked for explicitly
     pipeline.set_progress_bar_config(disable=True)
     pipeline(_images(2), timestep=120, output_type="np")
     assert capsys.readouterr().err == ""
+
+
+def test_no_progress_bar_for_one_image_by_default(pipe, capsys):
+    pipeline = FideDiffPipeline(**pipe.components)  # no progress-bar config
+    pipeline(_images(1)[0], timestep=120, output_type="np")
+    assert capsys.readouterr().err == ""
+    pipeline(_images(2), timestep=120, output_type="np")
+    assert "2/2" in capsys.readouterr().err
 
 
 def test_dict_and_tuple_outputs_are_the_same(pipe):
@@ -492,3 +502,9 @@ def test_group_offloading_runs_on_cpu_with_the_same_output(pipe):
     for model in (pipeline.unet, pipeline.kernel_controlnet):
         model.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="leaf_level")
     np.testing.assert_allclose(pipeline(image, timestep="auto", output_type="np").images, expected, atol=1e-6)
+
+
+def test_hub_id_that_cannot_be_fetched_is_one_readable_error_with_any_hub_argument(tmp_path):
+    with pytest.raises(ValueError, match=r"could not load 'someone/fidediff-missing'.*folder"):
+        FideDiffPipeline.from_pretrained("someone/fidediff-missing", local_files_only=True, cache_dir=tmp_path,
+                                         revision="main", variant="fp16", dtype={"default": torch.float16})
