@@ -115,6 +115,8 @@ def test_variants_save_and_load_and_a_missing_variant_is_diffusers_value_error(p
 def test_optional_component_passed_as_none_and_saved_as_none(pipe, folder, tmp_path):
     base = FideDiffPipeline.from_pretrained(folder, kernel_controlnet=None)
     assert base.kernel_controlnet is None
+    passed = FideDiffPipeline.from_pretrained(folder, kernel_controlnet=pipe.kernel_controlnet, default_upscale_factor=1)
+    assert passed.kernel_controlnet is pipe.kernel_controlnet and passed.config.default_upscale_factor == 1
     base.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["kernel_controlnet"] == [None, None]
     assert FideDiffPipeline.from_pretrained(tmp_path).kernel_controlnet is None
