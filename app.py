@@ -650,8 +650,9 @@ def range_checked(component: gr.Slider) -> gr.Slider:
 
 # ---------------------------------------------------------------------------------------------------- the page
 def _example_label(what: str, upscale_factor: int, manual_t: int | None = None) -> str:
-    blur = f"blur level set to t = {manual_t}" if manual_t is not None else "blur estimated"
-    return f"{what} · {blur} · {DETAIL_LABELS[upscale_factor]}"
+    """"what · detail setting", with the radio's own words; short: Gradio cuts example labels at 60 characters."""
+    blur = f", t = {manual_t}" if manual_t is not None else ""
+    return f"{what}{blur} · {DETAIL_LABELS[upscale_factor]}"
 
 
 _OTHER_UPSCALE = next((f for f in DETAIL_LABELS if f != DEFAULT_UPSCALE), DEFAULT_UPSCALE)
@@ -661,9 +662,9 @@ EXAMPLES = [
     [str(ASSETS_DIR / "coffee_linear17_-60deg.png"), MANUAL, 240, _OTHER_UPSCALE],
 ]
 EXAMPLE_LABELS = [
-    _example_label("Real camera shake (a clock)", DEFAULT_UPSCALE),
+    _example_label("Real camera shake (clock)", DEFAULT_UPSCALE),
     _example_label("Cat, 13 px straight blur", DEFAULT_UPSCALE),
-    _example_label("Coffee, 17 px straight blur", _OTHER_UPSCALE, 240),
+    _example_label("Coffee, 17 px blur", _OTHER_UPSCALE, 240),
 ]
 
 DEMO_NOTICE = (

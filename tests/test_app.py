@@ -450,6 +450,7 @@ def test_controls_and_examples_use_the_same_words(app_module):
         assert mode in modes and factor in labels.values()
         assert label.endswith(app_module.DETAIL_LABELS[factor]), label
         assert (f"t = {t}" in label) == (mode == "manual"), label
+        assert len(label) <= 55, label  # the page cuts example labels at 60 characters
     # The first examples use the page's default setting; "d = " jargon stays out of the labels.
     assert [e[3] for e in app_module.EXAMPLES[:2]] == [app_module.DEFAULT_UPSCALE] * 2
     assert not any("d = " in label for label in app_module.EXAMPLE_LABELS)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,15 +65,51 @@ def _upload(page, path: Path) -> None:
     page.locator("input[type=file]").first.set_input_files(str(path))
 
 
+def _screenshot(page, name: str, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def _write_png16(target: Path, rgb: np.ndarray) -> None:
+    """A 16-bit RGB PNG from floats in [0, 1] (Pillow cannot write 16-bit colour; importing app.py here would load
+    a second model, so this is the PNG format written out)."""
+    data = np.rint(np.clip(rgb, 0, 1) * 65535).astype(">u2")
+    h, w = data.shape[:2]
+    rows = np.zeros((h, 1 + w * 6), np.uint8)
+    rows[:, 1:] = data.reshape(h, -1).view(np.uint8)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    target.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                       + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
+
+
+def _png16(path: Path, size=(120, 80)) -> Path:
+    """The cat example as a 16-bit RGB PNG, with values between the 8-bit levels."""
+    with Image.open(REPO_ROOT / "assets" / "chelsea_linear13_20deg.png") as image:
+        rgb = np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS), np.float64) / 255.0
+    rgb = (rgb * 0.98 + 0.01 + np.random.default_rng(0).random(rgb.shape) / 300).clip(0, 1)
+    _write_png16(path, rgb)
+    return path
+
+
 def test_upload_deblur_and_see_the_result(server, page, tmp_path):
     page.goto(server["url"], wait_until="networkidle")
-    assert page.get_by_text("images up to 1 megapixels", exact=False).count() >= 1  # the stated pixel limit
+    assert page.get_by_text("Photos up to 1 megapixels", exact=False).count() >= 1  # the stated pixel limit
     _upload(page, _photo(tmp_path / "cat.png"))
+    # Before any run: the time estimate for this photo and the chosen setting.
+    estimate = page.locator("#estimate")
+    estimate.get_by_text("Estimated time:").wait_for(timeout=60_000)
+    assert "120 x 80" in estimate.inner_text() and '"Faster"' in estimate.inner_text()
     page.get_by_role("button", name="Deblur").click()
 
     blur_level = page.locator("#blur-level")
-    blur_level.get_by_text("Blur level: t =").wait_for(timeout=180_000)
-    assert "averaged 240 fps frames" in blur_level.inner_text()
+    blur_level.get_by_text("Blur: about").wait_for(timeout=180_000)
+    text = blur_level.inner_text()
+    assert "frames at 240 fps" in text and " ms of motion" in text and "Blur length:" in text
 
     # The before/after slider shows two loaded images; the kernel picture and the PNG download are there.
     page.wait_for_function(
@@ -81,20 +119,64 @@ def test_upload_deblur_and_see_the_result(server, page, tmp_path):
     sizes = page.evaluate("() => [...document.querySelectorAll('img')].map(i => [i.naturalWidth, i.naturalHeight])")
     assert sizes.count([120, 80]) >= 3  # the input preview and both sides of the slider, at full resolution
     page.get_by_text("cat_fidediff", exact=False).first.wait_for(timeout=30_000)  # the full-resolution PNG
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "app_browser.png"), full_page=True)
+    _screenshot(page, "app_browser.png")
 
 
-def test_bad_upload_shows_a_readable_error(server, page, tmp_path):
+def test_corrupt_upload_error_title_at_upload_time(server, page, tmp_path):
     page.goto(server["url"], wait_until="networkidle")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    _upload(page, broken)
-    page.get_by_role("button", name="Deblur").click()
-    toast = page.get_by_text("not an image file that can be read", exact=False)
-    toast.first.wait_for(timeout=60_000)
+    _upload(page, broken)  # no Deblur click: the upload itself is checked
+    page.get_by_text("Cannot read this image.", exact=False).first.wait_for(timeout=60_000)
+    assert page.get_by_text("not an image file that can be read", exact=False).count() >= 1
+    assert page.get_by_text("broken.png", exact=False).count() >= 1
     assert page.get_by_text("Traceback").count() == 0
     page.wait_for_timeout(1000)  # let the toast finish fading in before the screenshot
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "app_browser_bad_upload.png"))  # the viewport: the toast is fixed there
+    _screenshot(page, "app_browser_bad_upload.png", full_page=False)  # the viewport: the toast is fixed there
+
+
+def test_16bit_png_round_trip(server, page, tmp_path):
+    page.goto(server["url"], wait_until="networkidle")
+    _upload(page, _png16(tmp_path / "deep.png"))
+    page.locator("#estimate").get_by_text("16-bit PNG", exact=False).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Deblur").click()
+    page.locator("#blur-level").get_by_text("Blur: about").wait_for(timeout=180_000)
+    page.get_by_text("deep_fidediff", exact=False).first.wait_for(timeout=30_000)
+    link = page.locator("a[href*='deep_fidediff']").first
+    response = page.request.get(link.get_attribute("href"))
+    data = response.body()
+    assert response.ok and data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[24] == 16 and data[25] == 2  # 16 bits per channel, RGB
+    _screenshot(page, "app_browser_16bit.png")
+
+
+def test_demo_notice_and_examples_match_the_controls(server, page):
+    page.goto(server["url"], wait_until="networkidle")
+    notice = page.locator("#demo-notice")
+    assert notice.is_visible()
+    text = notice.inner_text()
+    assert "small CPU demo model" in text and "modest sharpening on mild blur" in text
+    assert "FIDEDIFF_MODEL=<folder or Hub id> python app.py" in text
+    # The method is one click away, not in the way.
+    assert page.get_by_role("button", name="How it works").count() >= 1
+    assert not page.get_by_text("Kernel ControlNet estimates a blur kernel", exact=False).first.is_visible()
+
+    radio_labels = {"More detail (slower)", "Faster"}
+    for label in radio_labels:
+        assert page.get_by_label(label, exact=True).count() == 1, label
+    # The example buttons (their labels are "what · blur · detail setting").
+    examples = page.get_by_role("button").filter(has_text=" · ")
+    cells = [examples.nth(i).inner_text().strip() for i in range(examples.count())]
+    assert len(cells) == 3, cells
+    for cell in cells:
+        assert cell.rsplit(" · ", 1)[-1] in radio_labels, cell  # each example names a choice the radio offers
+        assert "d = " not in cell
+    # Clicking an example sets the very option its label names.
+    for index in (2, 0):
+        examples.nth(index).click()
+        wanted = cells[index].rsplit(" · ", 1)[-1]
+        page.wait_for_function(
+            "(label) => { const l = document.querySelector(`[data-testid='${label}-radio-label'] input`);"
+            " return l !== null && l.checked; }", arg=wanted, timeout=30_000,
+        )
+    _screenshot(page, "app_browser_notice_examples.png")
