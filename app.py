@@ -668,8 +668,8 @@ EXAMPLE_LABELS = [
 ]
 
 DEMO_NOTICE = (
-    f"**This page runs a small CPU demo model** (`{MODEL_NAME}`, trained in under an hour on a laptop-class CPU): "
-    "expect at most modest sharpening on mild blur, not the quality of the FideDiff paper. To run the full model, "
+    f"**This page runs a small CPU demo model** (`{MODEL_NAME}`, its model card says so): expect at most modest "
+    "sharpening on mild blur, not the quality of the FideDiff paper. To run the full model, "
     "start the demo with `FIDEDIFF_MODEL=<folder or Hub id> python app.py`."
 )
 
