@@ -69,3 +69,58 @@ def global_kernel_to_map(kernel: torch.Tensor, height: int, width: int) -> torch
     if m != m2:
         raise ValueError(f"a kernel must be square; got {m}x{m2}")
     return kernel.reshape(b, m * m, 1, 1).expand(b, m * m, height, width).contiguous()
+
+
+def kernel_principal_axis(kernel) -> tuple[float, float]:
+    """Direction and length of a blur kernel ``[m, m]`` (this module's convention), from its second moments.
+
+    Returns ``(angle_degrees, length_px)``: the principal axis's angle in ``[0, 180)``, counter-clockwise from the
+    image's x axis as seen on screen (y points down), and ``sqrt(12 * variance)`` along that axis, which is the
+    length of a uniform straight blur. Used to check that estimated kernels follow the blur.
+
+    Example:
+        >>> import numpy as np
+        >>> k = np.zeros((9, 9)); k[4, 1:8] = 1 / 7   # a horizontal line of 7 taps: sqrt(12 * 4) = 6.9 px
+        >>> [round(v, 1) for v in kernel_principal_axis(k)]
+        [0.0, 6.9]
+    """
+    import numpy as np
+
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+        raise ValueError(f"expected one square kernel [m, m] with m odd; got shape {k.shape}")
+    k = k / k.sum()
+    r = k.shape[0] // 2
+    dy, dx = np.mgrid[-r: r + 1, -r: r + 1].astype(np.float64)
+    my, mx = (k * dy).sum(), (k * dx).sum()
+    # Screen coordinates: up is -y, so use (x, -y) for a counter-clockwise angle.
+    u, v = dx - mx, -(dy - my)
+    cov = np.array([[(k * u * u).sum(), (k * u * v).sum()], [(k * u * v).sum(), (k * v * v).sum()]])
+    values, vectors = np.linalg.eigh(cov)
+    axis = vectors[:, 1]
+    angle = float(np.degrees(np.arctan2(axis[1], axis[0])) % 180.0)
+    return angle, float(np.sqrt(12.0 * max(values[1], 0.0)))
+
+
+def linear_motion_kernel(length: float, angle_degrees: float, size: int | None = None, supersample: int = 8) -> np.ndarray:
+    """A straight motion path of ``length`` pixels at ``angle_degrees`` (0 = horizontal), as an ``m x m`` kernel
+    summing to 1; drawn at ``supersample`` x resolution and box-downsampled, so fractional lengths are smooth.
+
+    Example:
+        >>> k = linear_motion_kernel(9, 0)
+        >>> k.shape, round(float(k.sum()), 6), bool(k[k.shape[0] // 2].sum() > 0.99)
+        ((11, 11), 1.0, True)
+    """
+    import numpy as np
+    import PIL.Image
+    import PIL.ImageDraw
+
+    size = size or (int(math.ceil(length)) // 2) * 2 + 3  # odd, with a margin of one pixel
+    big = size * supersample
+    canvas = PIL.Image.new("F", (big, big), 0.0)
+    half = (length - 1) / 2 * supersample
+    c = big / 2 - 0.5  # PIL puts pixel centres on integers: the centre of the middle output pixel
+    dx, dy = half * math.cos(math.radians(angle_degrees)), -half * math.sin(math.radians(angle_degrees))
+    PIL.ImageDraw.Draw(canvas).line([(c - dx, c - dy), (c + dx, c + dy)], fill=1.0, width=supersample)
+    kernel = np.asarray(canvas, dtype=np.float64).reshape(size, supersample, size, supersample).sum(axis=(1, 3))
+    return (kernel / kernel.sum()).astype(np.float32)

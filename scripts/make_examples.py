@@ -11,38 +11,16 @@ horizontally; public domain, by Stefan van der Walt). The synthetic ones blur sc
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 import torch
 
-from fidediff_pipeline.kernel_ops import apply_per_pixel_kernels, global_kernel_to_map
+from fidediff_pipeline.kernel_ops import apply_per_pixel_kernels, global_kernel_to_map, linear_motion_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def linear_motion_kernel(length: float, angle_degrees: float, size: int | None = None, supersample: int = 8) -> np.ndarray:
-    """A straight motion path of ``length`` pixels at ``angle_degrees`` (0 = horizontal), as an ``m x m`` kernel
-    summing to 1; drawn at ``supersample`` x resolution and box-downsampled, so fractional lengths are smooth.
-
-    Example:
-        >>> k = linear_motion_kernel(9, 0)
-        >>> k.shape, round(float(k.sum()), 6), bool(k[k.shape[0] // 2].sum() > 0.99)
-        ((11, 11), 1.0, True)
-    """
-    size = size or (int(math.ceil(length)) // 2) * 2 + 3  # odd, with a margin of one pixel
-    big = size * supersample
-    canvas = PIL.Image.new("F", (big, big), 0.0)
-    half = (length - 1) / 2 * supersample
-    c = big / 2 - 0.5  # PIL puts pixel centres on integers: the centre of the middle output pixel
-    dx, dy = half * math.cos(math.radians(angle_degrees)), -half * math.sin(math.radians(angle_degrees))
-    PIL.ImageDraw.Draw(canvas).line([(c - dx, c - dy), (c + dx, c + dy)], fill=1.0, width=supersample)
-    kernel = np.asarray(canvas, dtype=np.float64).reshape(size, supersample, size, supersample).sum(axis=(1, 3))
-    return (kernel / kernel.sum()).astype(np.float32)
 
 
 def blur(image: PIL.Image.Image, kernel: np.ndarray) -> PIL.Image.Image:

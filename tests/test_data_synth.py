@@ -61,7 +61,7 @@ def test_levels_are_nested_centred_subframe_windows():
 
 
 def test_motion_has_inertia_and_varying_speed():
-    traj = sample_camera_shake(15, np.random.default_rng(0))
+    traj = sample_camera_shake(15, np.random.default_rng(0), TrajectoryConfig.preset("strong"))
     path = traj.offsets.reshape(-1, 2)
     steps = np.diff(path, axis=0)
     speed = np.hypot(steps[:, 0], steps[:, 1])
@@ -79,7 +79,28 @@ def test_default_scale_matches_documentation():
             steps = np.diff(traj.level_offsets(n).reshape(-1, 2), axis=0)
             lengths[n].append(np.hypot(steps[:, 0], steps[:, 1]).sum())
     med = {n: float(np.median(v)) for n, v in lengths.items()}
-    assert 5 < med[7] < 12 and 10 < med[11] < 17 and 14 < med[15] < 23, med
+    assert 6.5 < med[7] < 9 and 10.5 < med[11] < 13.5 and 14 < med[15] < 18, med  # documented: 7.6 / 11.9 / 15.9
+
+
+def _mean_centroid_offset(config, n, paths=200):
+    offsets = [np.hypot(*sample_camera_shake(15, np.random.default_rng(seed), config).level_offsets(n)
+                        .reshape(-1, 2).mean(0)) for seed in range(paths)]
+    return float(np.mean(offsets))
+
+
+def test_default_handheld_shake_keeps_the_sharp_frame_at_the_centre_of_the_blur():
+    """The default camera model's blur is centred on the sharp moment (a blind model can find the target); the
+    "strong" preset, the old default, is about three times further off-centre (docs/data_learnability.md)."""
+    assert TrajectoryConfig() == TrajectoryConfig.preset("handheld")
+    assert (TrajectoryConfig().accel_std, TrajectoryConfig().jerk_prob) == (0.05, 0.0)
+    strong = TrajectoryConfig.preset("strong")
+    assert (strong.accel_std, strong.jerk_prob) == (0.25, 0.05)
+    for n, limit in ((7, 0.2), (11, 0.4), (15, 0.7)):  # documented means 0.12 / 0.27 / 0.48 px
+        handheld, old = _mean_centroid_offset(TrajectoryConfig(), n), _mean_centroid_offset(strong, n)
+        assert handheld < limit and old > 2.5 * handheld, (n, handheld, old)
+    assert TrajectoryConfig.preset("strong", speed_range=(2.0, 2.0)).speed_range == (2.0, 2.0)
+    with pytest.raises(ValueError, match="unknown shake preset 'wobbly'; choose one of handheld, strong"):
+        TrajectoryConfig.preset("wobbly")
 
 
 def test_kernel_sums_to_one_nonnegative_and_fits():
@@ -222,6 +243,12 @@ def test_cli_synth(synth_set, tmp_path, cli_main, capsys):
     rows = read_manifest(out / "manifest.csv", check_files=True)
     assert len(rows) == 6 and {r.n for r in rows} == {3, 5, 7}
     assert np.load(rows[0].kernel).shape == (13, 13)
+    import json
+
+    assert json.loads((out / "fidediff_data.json").read_text())["trajectory"]["accel_std"] == 0.05  # handheld
+    strong = tmp_path / "cli_strong"
+    assert cli_main([*argv[:5], str(strong), *argv[6:], "--shake", "strong"]) == 0
+    assert json.loads((strong / "fidediff_data.json").read_text())["trajectory"]["jerk_prob"] == 0.05
 
 
 def test_cli_errors_are_one_line(tmp_path, cli_main, capsys):

@@ -42,3 +42,43 @@ def test_bad_kernel_channels_are_rejected(channels):
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match="do not match"):
         apply_per_pixel_kernels(torch.rand(1, 3, 8, 8), torch.rand(1, 9, 8, 7))
+
+
+@pytest.mark.parametrize("length", [9, 15, 21])
+@pytest.mark.parametrize("angle", [0, 30, 45, 90, 135, 170])
+def test_principal_axis_of_a_straight_blur_gives_its_direction_and_length(length, angle):
+    from fidediff_pipeline.kernel_ops import kernel_principal_axis, linear_motion_kernel
+
+    est_angle, est_length = kernel_principal_axis(linear_motion_kernel(length, angle, size=31))
+    assert min(abs(est_angle - angle), 180 - abs(est_angle - angle)) < 1.0
+    assert abs(est_length - length) < 1.0
+
+
+def test_principal_axis_rejects_a_map():
+    from fidediff_pipeline.kernel_ops import kernel_principal_axis
+
+    with pytest.raises(ValueError, match="one square kernel"):
+        kernel_principal_axis(torch.zeros(2, 9, 9).numpy())
+
+
+def test_frequency_loss_is_zero_for_equal_images_and_weighs_lost_detail():
+    from fidediff_pipeline.losses import frequency_l1_loss
+
+    sharp = torch.rand(2, 3, 32, 32)
+    smooth = torch.nn.functional.avg_pool2d(sharp, 5, stride=1, padding=2, count_include_pad=False)
+    assert frequency_l1_loss(sharp, sharp).item() == 0.0
+    assert frequency_l1_loss(smooth, sharp).item() > 0.05
+
+
+def test_kernel_supervision_loss_crops_the_true_kernel_and_is_zero_when_exact():
+    from fidediff_pipeline.kernel_ops import global_kernel_to_map, linear_motion_kernel
+    from fidediff_pipeline.losses import kernel_supervision_loss
+
+    true = torch.from_numpy(linear_motion_kernel(7, 45, size=31))[None]
+    small = torch.from_numpy(linear_motion_kernel(7, 45, size=11))
+    predicted = global_kernel_to_map(small / small.sum(), 8, 8)
+    assert kernel_supervision_loss(predicted, true).item() < 1e-5
+    identity = global_kernel_to_map(torch.eye(11)[5:6].T @ torch.eye(11)[5:6], 8, 8)  # a delta at the centre
+    assert kernel_supervision_loss(identity, true).item() > 1.5  # disjoint supports: distance near 2
+    with pytest.raises(ValueError, match="smaller than the predicted"):
+        kernel_supervision_loss(predicted, true[:, :9, :9])

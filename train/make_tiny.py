@@ -77,7 +77,7 @@ SHORT_SIDE = 256
 UPSCALE = 1
 
 # Steps per stage at --steps_scale 1 (sized for ~90 min on this 2-core machine, see docs/tiny_results.md).
-STEPS = {"vae": 2500, "base": 2600, "kernel": 1500, "kcn": 600, "base_noct": 1300}
+STEPS = {"vae": 2500, "base": 2100, "kernel": 1500, "kcn": 600, "base_noct": 800}
 
 
 def photo_label(source_name) -> str:

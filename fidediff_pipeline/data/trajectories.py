@@ -259,6 +259,20 @@ def correlate_global_kernel(image: np.ndarray, kernel: np.ndarray) -> np.ndarray
     return out
 
 
+def blur_with_kernel(sharp: np.ndarray, kernel: np.ndarray, crf: str = DEFAULT_CRF, *, linear_input: bool = False) -> np.ndarray:
+    """Blur ``sharp`` ``[H, W, 3]`` (float in [0, 1] or uint8) with one ``[m, m]`` kernel the way the builder does:
+    in linear light (``crf``), correlation with reflect padding; returns float64 stored values in [0, 1] (not
+    rounded). ``linear_input``: ``sharp`` is already linear (the builder converts once for several levels).
+
+    Example:
+        >>> from fidediff_pipeline.kernel_ops import linear_motion_kernel
+        >>> float(blur_with_kernel(np.full((8, 8, 3), 0.5), linear_motion_kernel(3, 0)).round(6).max())
+        0.5
+    """
+    linear = sharp if linear_input else to_linear(to_float01(sharp), crf)
+    return from_linear(correlate_global_kernel(linear, kernel), crf)
+
+
 def blur_image_along_trajectory(
     sharp: np.ndarray,
     frames=(7, 11, 15),
@@ -305,7 +319,7 @@ def blur_image_along_trajectory(
     out = {}
     for n in levels:
         kernel = trajectory.kernel(n, kernel_size)
-        blurry = from_linear(correlate_global_kernel(linear, kernel), crf)
+        blurry = blur_with_kernel(linear, kernel, crf, linear_input=True)
         if noise_std > 0:
             blurry = blurry + rng.normal(0.0, noise_std, size=blurry.shape)
         blurry = np.clip(blurry, 0.0, 1.0)
