@@ -284,6 +284,19 @@ def test_cli_synth_pixel_bomb_is_one_line_before_decoding(tmp_path, cli_main, ca
     assert "bomb.png has 7000x7000 = 49,000,000 pixels, over the limit" in err and "Traceback" not in err
 
 
+def test_cli_synth_skips_and_counts_an_unreadable_photo(tmp_path, cli_main, capsys):
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(photo()).save(tmp_path / "imgs" / "good.png")
+    (tmp_path / "imgs" / "garbage.png").write_bytes(b"not a png at all")
+    argv = ["data", "synth", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), "--frames", "3", "5", "7",
+            "--kernel-size", "11", "--quiet"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 skipped: a source image could not be read (first: garbage:" in out
+    rows = read_manifest(tmp_path / "o" / "manifest.csv", check_files=True)
+    assert {r.scene for r in rows} == {"good"} and len(rows) == 3
+
+
 def test_synth_reads_16_bit_grey_without_clipping(tmp_path):
     (tmp_path / "imgs").mkdir()
     grey = (photo().mean(axis=2) * 257).astype(np.uint16)  # 8-bit photo as 16-bit (values up to 65535)

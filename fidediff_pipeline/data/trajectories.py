@@ -471,7 +471,14 @@ def synthesize_trajectory_set(
         if all(p.is_file() for p in needed):
             report.skipped_existing += len(needed)
             continue
-        sharp_uint8 = src.load()
+        try:
+            sharp_uint8 = src.load()
+        except ValueError as err:  # the reader's one-line reason (corrupt, too large, not an image, ...)
+            # A bad photo is skipped and counted, not fatal: its rows leave the manifest.
+            report.skipped_bad += 1
+            report.bad_files.append(f"{src.name}: {err}")
+            report.rows = [r for r in report.rows if r.group != group]
+            continue
         rng = np.random.default_rng([int(seed), _stable_seed(group)])
         trajectory = fit_to_kernel(sample_camera_shake(max(levels), rng, config), kernel_size, max(levels))
         blurred = blur_image_along_trajectory(
@@ -490,5 +497,7 @@ def synthesize_trajectory_set(
             save_npy_atomic(kernel, kernel_out)
             save_png_atomic(quantize_uint8(blurry), blurry_out)
         report.written += len(needed)
+    if report.skipped_bad and not report.rows:
+        raise ValueError(f"no image could be read ({report.skipped_bad} tried); first: {report.bad_files[0]}")
     write_manifest(report.rows, report.manifest_path)
     return report
