@@ -75,3 +75,38 @@ def save_image_atomic(image, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it replaces ``path`` (a folder), on error it is removed.
+
+    A folder cannot be swapped in one ``os.replace`` when the target exists: the old one is first renamed aside
+    (``<name>.partial-<pid>.old``) and removed after the new one is in place, so a kill leaves the old folder, the
+    new one, or the old one under its aside name next to nothing half-written under ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "model"
+        >>> with atomic_folder(target) as tmp:
+        ...     _ = (tmp / "config.json").write_text("{}")
+        >>> sorted(p.name for p in target.iterdir())
+        ['config.json']
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    aside = tmp.with_name(tmp.name + ".old")
+    if path.exists():
+        os.replace(path, aside)
+    os.replace(tmp, path)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -84,11 +84,12 @@ def stage_outputs(data, tmp_path_factory):
     """Run all four stages, 2 steps each, chained through their exported pipelines."""
     root = tmp_path_factory.mktemp("stages")
     train_vae.main(["--preset", "tiny", *_flags(data, root / "vae")])
-    train_base.main(["--init_from", str(root / "vae" / "pipeline"), *_flags(data, root / "base"),
-                     "--lora_rank", "4", "--lpips_weight", "0", "--gan_weight", "0.1"])
+    train_base.main(["--init_from", str(root / "vae" / "pipeline"), *_flags(data, root / "base", validation_steps=1),
+                     "--lora_rank", "4", "--lpips_weight", "0", "--gan_weight", "0.1", "--fft_weight", "0.5"])
     train_kernel.main(["--init_from", str(root / "base" / "pipeline"), "--preset", "tiny", "--kernel_size", "11",
-                       *_flags(data, root / "kernel"), "--time_weight", "1"])
-    train_kcn.main(["--init_from", str(root / "kernel" / "pipeline"), *_flags(data, root / "kcn"), "--lpips_weight", "0"])
+                       *_flags(data, root / "kernel"), "--time_weight", "1", "--kernel_weight", "1"])
+    train_kcn.main(["--init_from", str(root / "kernel" / "pipeline"), *_flags(data, root / "kcn"), "--lpips_weight", "0",
+                    "--fft_weight", "0.5"])
     return root
 
 
@@ -103,6 +104,23 @@ def test_each_stage_exports_a_loadable_pipeline(stage_outputs, stage):
     summary = _summary(stage_outputs / stage)
     assert summary["steps"] == 2 and all(np.isfinite(summary["loss_history"]))
     assert list((stage_outputs / stage).glob("checkpoint-2")), "accelerate checkpoint missing"
+
+
+def test_every_validation_is_recorded_per_level_and_the_best_pipeline_is_kept(stage_outputs):
+    history = json.loads((stage_outputs / "base" / "validation_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2]
+    assert all(h["seconds"] > 0 for h in history)
+    assert {"val/psnr_gain", "val/psnr_gain_t120", "val/psnr_gain_t200", "val/psnr_gain_t280"} <= set(history[0]["val"])
+    best = json.loads((stage_outputs / "base" / "best_pipeline" / "best.json").read_text())
+    assert best["val/psnr_gain"] == max(h["val"]["val/psnr_gain"] for h in history)
+    pipe = FideDiffPipeline.from_pretrained(stage_outputs / "base" / "best_pipeline")  # LoRA fused on a copy
+    assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
+    # The mid-training export fused a COPY: the run went on training its adapter and exported at the end.
+    assert _summary(stage_outputs / "base")["steps"] == 2 and "fft" in _summary(stage_outputs / "base")
+    kernel = json.loads((stage_outputs / "kernel" / "validation_history.json").read_text())
+    assert {"val/reblur", "val/t_mae", "val/t_mae_t200"} <= set(kernel[-1]["val"])
+    assert "kernel_l1" in _summary(stage_outputs / "kernel")
+    assert not list(stage_outputs.rglob("*.partial-*")), "temporary folders left behind"
 
 
 def test_kcn_stage_logs_its_loss_terms(stage_outputs):
@@ -330,7 +348,7 @@ def test_stage1_latent_l1_uses_each_samples_own_sharp_latents():
               "timesteps": torch.tensor([120, 200, 280]), "frames": torch.tensor([7, 11, 15]), "group": f"g{g}"}
              for g in range(2)]
     batch = collate_trajectory_groups(items)
-    args = SimpleNamespace(latent_weight=1.0, upscale_factor=1, color_fix_sigma=None, gan_weight=0.0,
+    args = SimpleNamespace(latent_weight=1.0, fft_weight=0.0, upscale_factor=1, color_fix_sigma=None, gan_weight=0.0,
                            gan_loss="non_saturating", train_vae_decoder=False)
     model = train_base.BaseStageModel(pipe.unet, pipe.prompt_embedding, pipe.vae, pipe.scheduler.alphas_cumprod,
                                       args, None, None)

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fidediff_pipeline.atomic_io import atomic_folder, write_text_atomic
+
 logger = logging.getLogger("fidediff.train")
 
 PRESET_CHOICES = ("tiny", "sd21-base")
@@ -492,24 +494,14 @@ def record_validation(args, stage, step: int, seconds: float, val: dict) -> None
     history = [h for h in read_validation_history(args.output_dir) if h["step"] < step]
     best = max((h["val"].get("val/psnr_gain", -np.inf) for h in history), default=-np.inf)
     history.append({"step": step, "seconds": round(seconds, 1), "val": val})
-    path = Path(args.output_dir) / "validation_history.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(Path(args.output_dir) / "validation_history.json", json.dumps(history, indent=1))
     gain = val.get("val/psnr_gain")
     if gain is None or gain <= best:
         return
     target = Path(args.output_dir) / "best_pipeline"
-    tmp_dir = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    stage.export(str(tmp_dir))
-    (tmp_dir / "best.json").write_text(json.dumps({"step": step, **val}, indent=1))
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp_dir, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(target) as tmp_dir:
+        stage.export(str(tmp_dir))
+        (tmp_dir / "best.json").write_text(json.dumps({"step": step, **val}, indent=1))
     logger.info("[%s] best validation gain so far (%.3f dB at step %d): exported to %s", stage.name, gain, step, target)
 
 
@@ -846,7 +838,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
     # Every process records a hash of its trained weights: DDP replicas must end identical.
     digest = weights_digest(accelerator.unwrap_model(model))
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    Path(args.output_dir, f"weights_digest_rank{accelerator.process_index}.txt").write_text(digest + "\n")
+    write_text_atomic(Path(args.output_dir, f"weights_digest_rank{accelerator.process_index}.txt"), digest + "\n")
     if global_step < args.max_train_steps:
         logger.info("stopped at step %d of %d (--max_steps_this_run); resume with --resume_from_checkpoint latest",
                     global_step, args.max_train_steps)
@@ -854,10 +846,11 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
         return logs
     if accelerator.is_main_process:
         export_dir = args.export_dir or os.path.join(args.output_dir, "pipeline")
-        stage.export(export_dir)
+        with atomic_folder(export_dir) as tmp_dir:  # a kill never leaves a half-written pipeline folder
+            stage.export(str(tmp_dir))
         summary = {"stage": stage.name, "steps": global_step, "seconds": round(time.time() - start_time, 1), **logs,
                    "loss_history": history}
-        Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(Path(args.output_dir, "train_summary.json"), json.dumps(summary, indent=2))
         logger.info("exported %s pipeline to %s", stage.name, export_dir)
     accelerator.end_training()
     return logs

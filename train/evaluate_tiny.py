@@ -240,6 +240,20 @@ def before_after_picture(pipe, pairs, out_path: Path) -> None:
     tmp.replace(out_path)
 
 
+def write_card_results(card_path: Path, text: str) -> None:
+    """Replace the results block of a model card (between its ``<!-- results`` and ``<!-- /results -->`` markers)."""
+    if not card_path.is_file():
+        return
+    card = card_path.read_text()
+    start, end = card.find("<!-- results"), card.find("<!-- /results -->")
+    if start < 0 or end < 0:
+        return
+    start = card.index("\n", start) + 1
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(card[:start] + text + "\n" + card[end:])
+    tmp.replace(card_path)
+
+
 def fmt_table(rows: list[tuple[str, dict]], inputs: dict) -> str:
     lines = ["| model / setting | " + " | ".join(f"n={n} (t={(n - 1) * 20}) PSNR / SSIM" for n in LEVELS)
              + " | mean PSNR | mean gain |", "|---" * (len(LEVELS) + 3) + "|"]
@@ -388,6 +402,20 @@ def main(argv=None):
     ]
     if train_info:
         md += ["## Training run", "", "```json", json.dumps(train_info, indent=1), "```", ""]
+    card = [
+        f"Held-out photos {photos_text} (never trained on), whole images, {len(pairs) // len(LEVELS)} per level, "
+        "blurred by the project's builder; PSNR / SSIM on uint8 RGB (`python train/evaluate_tiny.py`, full "
+        "table in the project's `docs/tiny_results.md`).",
+        "",
+        "| n (t) | blurry input PSNR / SSIM | fidediff-tiny PSNR / SSIM | gain | t-prediction MAE |",
+        "|---|---|---|---|---|",
+        *[f"| {n} ({(n - 1) * 20}) | {inputs[n]['psnr']:.2f} / {inputs[n]['ssim']:.4f} | {auto[n]['psnr']:.2f} / "
+          f"{auto[n]['ssim']:.4f} | {gains[n]:+.2f} dB | {t_mae[n]:.0f} |" for n in LEVELS],
+        "",
+        f"![blurry | restored | sharp, n = 11]({picture.name})" if picture.parent.resolve() == Path(args.model).resolve()
+        else "",
+    ]
+    write_card_results(Path(args.model) / "README.md", "\n".join(card))
     out.write_text("\n".join(md))
     print("\n".join(md))
     return results
