@@ -173,7 +173,7 @@ def stage_plan(args, work: Path) -> list[dict]:
     """Every training run: name, script, argv, the stages it needs and its torch threads, in priority order."""
     s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()}
     both = args.threads  # a stage that runs alone
-    one = max(args.threads // 2, 1)  # two stages side by side
+    one = max(args.threads // args.parallel, 1)  # two stages side by side get half each
     vae = work / "vae" / "pipeline"
     plan = [dict(name="vae", script="train_vae", needs=(), threads=both,
                  argv=["--preset", "tiny", *common_flags(args, work, "vae", s["vae"], validations=3),
