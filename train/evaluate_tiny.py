@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -333,10 +334,7 @@ def main(argv=None):
     summary_path = work / "make_tiny_summary.json"
     train_info = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     photos_text = ", ".join(photo_label(p) for p in HELDOUT_PHOTOS)
-    try:
-        picture_text = str(picture.resolve().relative_to(out.resolve().parent.parent))
-    except ValueError:
-        picture_text = str(picture)
+    picture_text = os.path.relpath(picture.resolve(), out.resolve().parent)  # a link that works from the doc
     md = [
         "# fidediff-tiny: results on held-out photos",
         "",

@@ -12,7 +12,7 @@ import torch
 # 40 megapixels: a 8K photo fits; a decompression bomb does not. Configurable per call.
 DEFAULT_MAX_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
-SUPPORTED_INPUTS = "PIL images, numpy arrays (HxW, HxWx1/3/4; uint8, or float in [0, 1]), torch tensors ([C,H,W] or [B,C,H,W], float in [0, 1]), file paths, or a list of these"
+SUPPORTED_INPUTS = "PIL images, numpy arrays (HxW, HxWx1/3/4, or a batch BxHxWxC; uint8, or float in [0, 1]), torch tensors ([C,H,W] or [B,C,H,W], float in [0, 1]), file paths, or a list of these"
 
 
 def _check_size(height: int, width: int, max_pixels: int | None, what: str) -> None:
@@ -33,31 +33,116 @@ def _is_16bit_png(image: PIL.Image.Image) -> bool:
     return any(len(t) > 3 and isinstance(t[3], (str, tuple)) and ";16" in str(t[3]) for t in tile)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
-    """Open an image file as RGB, checking its size before decoding it.
+# Modes Pillow gives deep single-channel files: 16-bit grey PNG/TIFF ("I;16*", or "I" for PNG), float TIFF ("F").
+_DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
-    Raises ``ValueError`` naming the file for: not an image, corrupt or truncated data, 16-bit or float
-    images, more than 4 channels, empty images, and images over ``max_pixels``.
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """THE image-file reader of the project (CLI, app, data builders, datasets, eval, ``--train_images``).
+
+    Returns RGB ``[H, W, 3]``: ``uint8`` for 8-bit files, ``float32`` in ``[0, 1]`` for deeper ones (16-bit
+    PNG/TIFF are scaled by 1/65535, never clipped to 255; float images must already be in ``[0, 1]``).
+    The size is checked from the header before decoding (``max_pixels``: the decompression-bomb guard).
+
+    Raises ``FileNotFoundError`` for a missing file and a one-line ``ValueError`` naming the file for: not an
+    image, corrupt or truncated data, a file that cannot be read (permissions), more than 4 channels, 32-bit
+    integer or out-of-range float images, empty or tiny images, and images over ``max_pixels``.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "deep.png")
+        >>> PIL.Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(path)
+        >>> image = read_image(path)
+        >>> image.dtype, image.shape, float(image.max())
+        (dtype('float32'), (8, 8, 3), 1.0)
     """
+    return _read(path, max_pixels, as_pil=False)
+
+
+def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
+    """:func:`read_image`; with ``as_pil`` an 8-bit file comes back as the PIL image itself (EXIF kept)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path}: permission denied (the file is not readable)")
     try:
         with PIL.Image.open(path) as image:
             width, height = image.size
             _check_size(height, width, max_pixels, path)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") or _is_16bit_png(image):
-                raise ValueError(f"{path}: 16-bit or floating-point images are not supported; save it as 8-bit (PNG or JPEG)")
             if len(image.getbands()) > 4:
                 raise ValueError(f"{path}: {len(image.getbands())} channels; accepted are gray, RGB and RGBA")
+            if image.mode in _DEEP_GREY_MODES:
+                return _deep_grey(image, path)
+            deep = _is_16bit_png(image)
             image.load()
-            return to_rgb(image)
+            if as_pil and not deep:
+                return to_rgb(image)
+            rgb = np.array(to_rgb(image), dtype=np.uint8)  # a writable copy (torch.from_numpy downstream)
+        if deep:  # Pillow reduced a 16-bit colour PNG to 8 bits: read all 16 where OpenCV is installed
+            return _read_16bit_colour(path, rgb)
+        return rgb
     except PIL.Image.DecompressionBombError as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except PIL.UnidentifiedImageError:
         raise ValueError(f"{path}: not an image file that can be read (accepted: PNG, JPEG, WebP, BMP, TIFF)") from None
+    except PermissionError as err:
+        raise ValueError(f"{path}: permission denied ({err.strerror})") from None
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path}: the image data is corrupt or truncated ({err})") from None
+
+
+def _deep_grey(image: PIL.Image.Image, path: str) -> np.ndarray:
+    """16-bit grey -> float32 in [0, 1] (/65535); float grey must be in [0, 1]; 32-bit integer is refused."""
+    image.load()
+    if image.mode == "F":
+        data = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(data).all() or (data.size and (data.min() < 0 or data.max() > 1)):
+            raise ValueError(f"{path}: a floating-point image must hold finite values in [0, 1]")
+    elif image.mode == "I" and image.format != "PNG":  # PNG "I" is 16-bit grey; TIFF "I" is 32-bit
+        raise ValueError(f"{path}: 32-bit integer images are not supported; save it as 8- or 16-bit (PNG or TIFF)")
+    else:
+        data = np.asarray(image).astype(np.float32) / 65535.0
+    return np.repeat(np.clip(data, 0.0, 1.0)[..., None], 3, axis=-1)
+
+
+def _read_16bit_colour(path: str, fallback_rgb: np.ndarray) -> np.ndarray:
+    try:
+        import cv2
+    except ImportError:  # Pillow's 8-bit reduction: exact to 1/255, never clipped
+        return fallback_rgb
+    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.shape[:2] != fallback_rgb.shape[:2]:
+        return fallback_rgb
+    if data.ndim == 2:
+        data = np.repeat(data[..., None], 3, axis=-1)
+    elif data.shape[2] == 2:  # grey + alpha
+        data = np.repeat(data[..., :1], 3, axis=-1)
+    else:
+        data = data[..., 2::-1] if data.shape[2] >= 3 else data  # BGR(A) -> RGB, alpha dropped
+    return np.ascontiguousarray(data).astype(np.float32) / 65535.0
+
+
+def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`read_image` as ``uint8`` RGB: deep images are rounded to the nearest 8-bit level (not clipped)."""
+    image = read_image(path, max_pixels)
+    if image.dtype == np.uint8:
+        return image
+    return np.rint(image * 255.0).astype(np.uint8)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
+    """Open an image file as an 8-bit RGB PIL image, with the checks and errors of :func:`read_image`.
+
+    16-bit files are rounded to 8 bits; use :func:`read_image` for all 16. An 8-bit file's PIL image is returned
+    as opened, so its EXIF orientation is still there for ``ImageOps.exif_transpose``.
+    """
+    image = _read(path, max_pixels, as_pil=True)
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if image.dtype != np.uint8:
+        image = np.rint(image * 255.0).astype(np.uint8)
+    return PIL.Image.fromarray(image)
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -73,7 +158,7 @@ def _numpy_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
-        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW and HxWxC arrays with C in 1, 3, 4")
+        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW, HxWxC and BxHxWxC arrays with C in 1, 3, 4")
     channels = array.shape[2]
     if channels not in (1, 3, 4):
         raise ValueError(f"{what} has {channels} channels; accepted are 1 (gray), 3 (RGB) and 4 (RGBA)")
@@ -123,12 +208,46 @@ def _tensor_to_list(tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
     return [_to_three_channels(t) for t in tensor]
 
 
+def _check_layout(shape: tuple, what: str, channels_last: bool) -> None:
+    """Name an empty batch or a transposed layout, instead of a size error about the wrong axes."""
+    if channels_last:
+        if len(shape) == 4 and shape[0] == 0:
+            raise ValueError(f"{what} is an empty batch (shape {shape}); pass at least one image")
+        if len(shape) in (3, 4) and shape[-3] in (1, 3, 4) and shape[-1] not in (1, 3, 4) \
+                and min(shape[-2:]) >= MIN_IMAGE_SIDE:
+            layout, order = ("HxWxC", "(1, 2, 0)") if len(shape) == 3 else ("BxHxWxC", "(0, 2, 3, 1)")
+            raise ValueError(f"{what} has shape {shape}, which looks channels-first; numpy arrays must be {layout} "
+                             f"(use array.transpose{order})")
+        return
+    if len(shape) == 4 and shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {shape}); pass at least one image")
+    if len(shape) in (3, 4) and shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4) and min(shape[-3:-1]) >= MIN_IMAGE_SIDE:
+        order = "(2, 0, 1)" if len(shape) == 3 else "(0, 3, 1, 2)"
+        raise ValueError(f"{what} has shape {shape}, which looks channels-last; tensors must be [C, H, W] or "
+                         f"[B, C, H, W] (use tensor.permute{order})")
+
+
+def _numpy_batch_items(array: np.ndarray, what: str) -> list[tuple[np.ndarray, str]]:
+    """A ``BxHxWxC`` array is ``B`` images (diffusers' convention for numpy batches); any other array is one."""
+    if array.ndim > 4:
+        raise ValueError(f"{what} has shape {array.shape}; accepted are HxW, HxWxC and BxHxWxC arrays with C in 1, 3, 4")
+    if array.ndim != 4:
+        return [(array, what)]
+    if len(array) == 1:
+        return [(array[0], what)]
+    return [(item, f"{what}, batch item {index}") for index, item in enumerate(array)]
+
+
 def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
     """Convert any accepted input to a list of float tensors ``[3, H, W]`` in ``[0, 1]`` (CPU).
+
+    A numpy ``BxHxWxC`` array and a ``[B, C, H, W]`` tensor are ``B`` images.
 
     Example:
         >>> prepare_images(np.zeros((16, 16, 3), dtype=np.uint8))[0].shape
         torch.Size([3, 16, 16])
+        >>> len(prepare_images(np.zeros((2, 16, 16, 3), dtype=np.float32)))
+        2
     """
     items: Sequence[Any] = image if isinstance(image, (list, tuple)) else [image]
     if len(items) == 0:
@@ -137,7 +256,7 @@ def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> l
     for index, item in enumerate(items):
         what = f"image {index}" if len(items) > 1 else "the image"
         if isinstance(item, (str, os.PathLike)):
-            tensors.append(_numpy_to_tensor(np.asarray(load_image(item, max_pixels)), os.fspath(item)))
+            tensors.append(_numpy_to_tensor(read_image(item, max_pixels), os.fspath(item)))  # 16-bit: all of it
             continue
         if isinstance(item, PIL.Image.Image):
             if item.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -147,10 +266,13 @@ def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> l
                 raise ValueError(f"{what} has {len(item.getbands())} channels; accepted are gray, RGB and RGBA")
             tensors.append(_numpy_to_tensor(np.asarray(to_rgb(item)), what))
         elif isinstance(item, np.ndarray):
-            if item.ndim >= 2:
-                _check_size(item.shape[0], item.shape[1], max_pixels, what)
-            tensors.append(_numpy_to_tensor(item, what))
+            _check_layout(tuple(item.shape), what, channels_last=True)
+            for array, array_what in _numpy_batch_items(item, what):
+                if array.ndim >= 2:
+                    _check_size(array.shape[0], array.shape[1], max_pixels, array_what)
+                tensors.append(_numpy_to_tensor(array, array_what))
         elif isinstance(item, torch.Tensor):
+            _check_layout(tuple(item.shape), what, channels_last=False)
             if item.ndim >= 2:
                 _check_size(item.shape[-2], item.shape[-1], max_pixels, what)
             tensors.extend(_tensor_to_list(item, what))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 
 from .image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
 from .modeling_kernel_controlnet import KernelControlNetModel
@@ -73,31 +74,6 @@ class FideDiffPipelineOutput(BaseOutput):
     kernels: list[np.ndarray] | None = None
 
 
-def _resolve_hub_folder(name: str, revision=None, cache_dir=None, token=None, local_files_only=None) -> Path:
-    """A local folder as is; a Hub repo id downloaded with huggingface_hub, or a clear error that says why not."""
-    path = Path(os.path.expanduser(str(name)))
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{path} is a folder but has no model_index.json; pass a folder made by save_pretrained")
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                str(name), revision=revision, cache_dir=cache_dir, token=token, local_files_only=bool(local_files_only)
-            )
-        )
-    except Exception as err:  # every hub failure becomes one readable message
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        raise ValueError(
-            f"could not load {name!r}: it is not a local folder, and the Hugging Face Hub could not provide it "
-            f"({reason}). If the model is on disk, pass the folder that holds model_index.json, e.g. "
-            f"FideDiffPipeline.from_pretrained('/path/to/model'); offline, download it first on a connected machine "
-            f"with `huggingface-cli download {name} --local-dir <folder>`."
-        ) from None
-
-
 def _drop_derived_vae_config(config_path: Path) -> None:
     """Remove ``block_out_channels`` from a saved AutoencoderTiny config.
 
@@ -131,7 +107,12 @@ class FideDiffPipeline(DiffusionPipeline):
             frequencies are taken from the blurry input (`training_utils.low_frequency_transfer`).
     """
 
-    model_cpu_offload_seq = "prompt_embedding->kernel_controlnet->vae->unet"
+    # The models in the order of their last call for a batch: prompt embedding, (VAE encoder,) Kernel ControlNet
+    # (kernels, t, then residuals), UNet, VAE decoder. With enable_model_cpu_offload a model is moved off the device
+    # when the next one in this chain starts, so the UNet leaves before decoding (the largest activations) and the
+    # Kernel ControlNet before the UNet. The VAE (small) stays on through the UNet call after encoding, as in
+    # diffusers' img2img pipelines. Only in tiled runs do the Kernel ControlNet and UNet alternate per tile.
+    model_cpu_offload_seq = "prompt_embedding->kernel_controlnet->unet->vae"
     _optional_components = ["kernel_controlnet"]
 
     def __init__(
@@ -163,52 +144,74 @@ class FideDiffPipeline(DiffusionPipeline):
         r"""
         Load a FideDiff pipeline from a folder made by `save_pretrained` or a Hub repo id.
 
-        Components can be replaced by passing them (e.g. ``kernel_controlnet=None`` for the base model only).
-        ``dtype`` (or the older ``torch_dtype``) sets the weights' dtype. Offline, a Hub id fails at once with a
-        message that says how to pass a local folder.
+        This is diffusers' own `DiffusionPipeline.from_pretrained`: every argument it takes works with the same
+        meaning (``dtype``, also as a dict such as ``{"unet": torch.bfloat16, "default": torch.float32}``,
+        ``device_map``, ``low_cpu_mem_usage``, ``variant``, ``use_safetensors``, ``local_files_only``, ``revision``,
+        ``token``, ``cache_dir``, ...), and components can be replaced by passing them (``kernel_controlnet=None``
+        gives the base model). The Kernel ControlNet and the prompt embedding are this package's classes, not the
+        code copies a saved folder carries for ``trust_remote_code`` users. A folder without ``model_index.json``,
+        or a Hub id the Hub cannot provide (e.g. offline), fails at once with a one-line ``ValueError``.
+
+        Example:
+            >>> from fidediff_pipeline import DEFAULT_MODEL
+            >>> pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL, dtype={"unet": torch.float32})
+            >>> type(pipe.kernel_controlnet).__module__
+            'fidediff_pipeline.modeling_kernel_controlnet'
         """
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        hub_kwargs = {k: kwargs.pop(k, None) for k in ("revision", "cache_dir", "token", "local_files_only")}
-        variant = kwargs.pop("variant", None)
-        folder = _resolve_hub_folder(str(pretrained_model_name_or_path), **hub_kwargs)
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        components: dict[str, Any] = {}
-        for name in ("vae", "unet", "scheduler", "prompt_embedding", "kernel_controlnet"):
-            if name in kwargs:
-                components[name] = kwargs.pop(name)
-                continue
-            entry = index.get(name)
-            if entry is None or entry[0] is None:
-                if name not in cls._optional_components:
-                    raise ValueError(f"{folder}/model_index.json has no {name!r} component; is this a FideDiff model?")
-                components[name] = None
-                continue
-            components[name] = cls._load_component(folder, name, entry[1], dtype, variant)
-        for key, default in (("default_upscale_factor", 2), ("color_fix_sigma", None)):
-            components[key] = kwargs.pop(key, index.get(key, default))
-        if kwargs:
-            raise TypeError(f"unexpected arguments to FideDiffPipeline.from_pretrained: {', '.join(sorted(kwargs))}")
-        pipe = cls(**components)
-        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return pipe
+        path = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ValueError(f"{path} is a folder but has no model_index.json; pass a folder made by save_pretrained")
+            pretrained_model_name_or_path = str(path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-    @staticmethod
-    def _load_component(folder: Path, name: str, class_name: str, dtype, variant):
-        import diffusers
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs) -> str:
+        """diffusers' `DiffusionPipeline.download`, with one readable error when the Hub cannot provide the model."""
+        try:
+            return super().download(pretrained_model_name, **kwargs)
+        except Exception as err:  # every hub failure becomes one readable message
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise ValueError(
+                f"could not load {pretrained_model_name!r}: it is not a local folder, and the Hugging Face Hub could "
+                f"not provide it ({reason}). If the model is on disk, pass the folder that holds model_index.json, "
+                f"e.g. FideDiffPipeline.from_pretrained('/path/to/model'); offline, download it first on a connected "
+                f"machine with `huggingface-cli download {pretrained_model_name} --local-dir <folder>`."
+            ) from None
 
-        if name == "scheduler":
-            scheduler_class = getattr(diffusers, class_name, DDPMScheduler)
-            return scheduler_class.from_pretrained(folder, subfolder=name)
-        model_class = _COMPONENT_CLASSES.get(name) or getattr(diffusers, class_name)
-        load_kwargs = {"subfolder": name, "use_safetensors": True, "variant": variant}
-        if dtype is not None:
-            load_kwargs["torch_dtype"] = dtype
-        return model_class.from_pretrained(folder, **load_kwargs)
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        # A saved folder names its own code copy, ["pipeline", "FideDiffPipeline"], for DiffusionPipeline users with
+        # trust_remote_code. Called on this class, that entry means this class: drop the file name so that
+        # diffusers neither imports the copy nor asks for trust_remote_code (both in download and in loading).
+        config = super()._dict_from_json_file(json_file)
+        class_name = config.get("_class_name")
+        if isinstance(class_name, (list, tuple)) and len(class_name) == 2:
+            config["_class_name"] = class_name[1]
+        return config
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        # Resolve the custom components to the classes this module uses (the installed package's), instead of the
+        # code copies in the folder: ["modeling_kernel_controlnet", "KernelControlNetModel"] becomes
+        # ["fidediff_pipeline.modeling_kernel_controlnet", ...], which diffusers takes from sys.modules. Only here,
+        # not in _dict_from_json_file: `download` must still see the folder's file names to fetch them.
+        outputs = super().load_config(*args, **kwargs)
+        config = outputs[0] if isinstance(outputs, tuple) else outputs
+        for name, component_class in _COMPONENT_CLASSES.items():
+            entry = config.get(name)
+            if isinstance(entry, (list, tuple)) and entry[0] is not None and entry[1] == component_class.__name__:
+                config[name] = [component_class.__module__, component_class.__name__]
+        return outputs
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
-        """Save as safetensors (only), with the code files that let the folder load via ``trust_remote_code``."""
+        """Save as safetensors (only), with the code files that let the folder load via ``trust_remote_code``.
+
+        ``safe_serialization=False`` still saves, as safetensors, with a warning: pickled weights can run code when
+        loaded, and the loaders of this project read safetensors only.
+        """
         if not safe_serialization:
-            raise ValueError("FideDiff saves weights as safetensors only (safe_serialization=False is not supported)")
+            logger.warning("FideDiff saves weights as safetensors only: safe_serialization=False is ignored")
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_keys = ("repo_id", "token", "private", "commit_message", "create_pr")
         hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
@@ -308,6 +311,19 @@ class FideDiffPipeline(DiffusionPipeline):
         # whole on SD 2.1-base (11.5 GiB in bf16, benchmarks/README.md); larger images are tiled.
         return latent_h * latent_w > (2 * tile) ** 2
 
+    def _padded_size(self, height: int, width: int, upscale: int) -> tuple[int, int]:
+        # The padded size must map to whole latents: (H * upscale) % vae_factor == 0.
+        multiple = self.vae_scale_factor // upscale
+        return height + (-height) % multiple, width + (-width) % multiple
+
+    def _tiles_per_image(self, height: int, width: int, upscale: int, tiling, tile: int, overlap: int) -> int:
+        """UNet evaluations one image of this size takes: 0 when it runs whole, else its number of latent tiles."""
+        padded_h, padded_w = self._padded_size(height, width, upscale)
+        latent_h, latent_w = padded_h * upscale // self.vae_scale_factor, padded_w * upscale // self.vae_scale_factor
+        if not (tiling is True or (tiling == "auto" and self._needs_tiling(latent_h, latent_w, tile))):
+            return 0
+        return len(list(iterate_tiles(latent_h, latent_w, tile, overlap)))
+
     @torch.no_grad()
     def __call__(
         self,
@@ -322,19 +338,22 @@ class FideDiffPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         conditioning_scale: float = 1.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        batch_size: int | None = None,
     ):
         r"""
-        Deblur one image or a batch in one UNet evaluation each.
+        Deblur one image or a batch: same-sized images go through the UNet together, one evaluation per batch.
 
         Args:
-            image: a PIL image, numpy array (``HxW``/``HxWxC``, uint8 or float in ``[0, 1]``), tensor (``[C,H,W]`` or
-                ``[B,C,H,W]`` in ``[0, 1]``), file path, or a list of these. Gray and RGBA become RGB.
+            image: a PIL image, numpy array (``HxW``/``HxWxC``, or a batch ``BxHxWxC``; uint8 or float in
+                ``[0, 1]``), tensor (``[C,H,W]`` or ``[B,C,H,W]`` in ``[0, 1]``), file path, or a list of these.
+                Gray and RGBA become RGB.
             timestep: ``"auto"`` (the t-regressor; without a Kernel ControlNet the default 200), an int in
                 ``[0, 999]``, or a list with one entry per image. ``t = (n - 1) * 20`` for ``n`` averaged frames.
             upscale_factor: 2 upsamples the input 2x before the VAE (the paper's ``d = 4``); 1 is the plain
                 ``d = 8`` path (faster, less detail). It must divide the VAE's factor. ``None``: the model's
                 ``default_upscale_factor`` (2 unless the saved model says otherwise).
-            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"``, or ``"latent"``: the restored latents ``z0`` (scaled, as
+                the UNet sees them; ``[B, C, h, w]``, of the input padded to whole latents), not decoded.
             return_kernels: also return the estimated per-pixel kernels (needs a Kernel ControlNet).
             tiling: ``"auto"`` tiles latents of more than ``(2 * tile_size) ** 2`` pixels (and the VAE, with
                 diffusers' own VAE tiling); ``True`` / ``False`` force it.
@@ -342,14 +361,19 @@ class FideDiffPipeline(DiffusionPipeline):
                 ``sample_size`` and a quarter of the tile). Tiles are blended with Gaussian weights.
             conditioning_scale: scale of the Kernel ControlNet residuals.
             max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
+            batch_size: at most this many same-sized images per UNet evaluation (``None``: all of them); lower it
+                when a large batch does not fit in memory. Results do not depend on it.
+
+        The progress bar counts images (and, for tiled images, their tiles); ``pipe.set_progress_bar_config(
+        disable=True)`` turns it off. One untiled image shows none unless the config asks (``disable=False``).
 
         Returns:
             [`FideDiffPipelineOutput`] or a tuple ``(images, timesteps)``.
         """
         if upscale_factor is None:
             upscale_factor = int(getattr(self.config, "default_upscale_factor", 2) or 2)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt'; got {output_type!r}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent'; got {output_type!r}")
         if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, np.integer)) or upscale_factor < 1 \
                 or self.vae_scale_factor % int(upscale_factor) != 0:
             raise ValueError(
@@ -360,88 +384,123 @@ class FideDiffPipeline(DiffusionPipeline):
             raise ValueError(f"tiling must be 'auto', True or False; got {tiling!r}")
         if return_kernels and self.kernel_controlnet is None:
             raise ValueError("return_kernels=True needs a Kernel ControlNet; this pipeline is the base model only")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
         tile = int(tile_size or self._default_tile_size())
         overlap = int(tile_overlap if tile_overlap is not None else tile // 4)
         if tile < 8 or not 0 <= overlap < tile:
             raise ValueError(f"tile_size must be >= 8 and 0 <= tile_overlap < tile_size; got {tile}, {overlap}")
+        upscale = int(upscale_factor)
 
         images = prepare_images(image, max_pixels=max_pixels)
         requested = self._validate_timesteps(timestep, len(images))
+        batches = same_size_batches([tuple(img.shape[-2:]) for img in images], batch_size)
+        tiles = [self._tiles_per_image(*images[b[0]].shape[-2:], upscale, tiling, tile, overlap) for b in batches]
 
-        outputs, used, sources, predicted, kernels_out = [], [], [], [], []
-        for img, t_req in zip(images, requested):
-            result = self._restore_one(img, t_req, int(upscale_factor), tiling, tile, overlap, conditioning_scale, return_kernels)
-            outputs.append(result["image"])
-            used.append(result["timestep"])
-            sources.append(result["source"])
-            predicted.append(result["predicted"])
-            kernels_out.append(result["kernels"])
+        results: list[dict | None] = [None] * len(images)
+        with self._progress_bar(sum(max(n, 1) * len(b) for n, b in zip(tiles, batches))) as progress:
+            for indices, num_tiles in zip(batches, tiles):
+                batch_results = self._restore_batch(
+                    torch.stack([images[i] for i in indices]), [requested[i] for i in indices], upscale,
+                    num_tiles > 0, tile, overlap, conditioning_scale, return_kernels, output_type == "latent", progress,
+                )
+                for index, result in zip(indices, batch_results):
+                    results[index] = result
         self.maybe_free_model_hooks()
 
-        images_out = postprocess(outputs, output_type)
+        outputs = [r["image"] for r in results]
+        if output_type == "latent":
+            images_out = torch.stack(outputs) if len({tuple(o.shape) for o in outputs}) == 1 else outputs
+        else:
+            images_out = postprocess(outputs, output_type)
+        used = [r["timestep"] for r in results]
         if not return_dict:
             return images_out, used
         return FideDiffPipelineOutput(
             images=images_out,
             timesteps=used,
-            timestep_sources=sources,
-            predicted_timesteps=predicted if self.kernel_controlnet is not None else None,
-            kernels=kernels_out if return_kernels else None,
+            timestep_sources=[r["source"] for r in results],
+            predicted_timesteps=[r["predicted"] for r in results] if self.kernel_controlnet is not None else None,
+            kernels=[r["kernels"] for r in results] if return_kernels else None,
         )
 
-    def _restore_one(self, image, t_req, upscale, tiling, tile, overlap, conditioning_scale, return_kernels) -> dict:
+    def _progress_bar(self, total: int):
+        """diffusers' progress bar (``set_progress_bar_config`` applies), silent for a single step by default.
+
+        One image in one UNet evaluation makes a bar that says nothing, and callers that loop over images (training
+        validation, evaluation scripts) would print one per image; an explicit ``disable`` in the config wins.
+        """
+        if total <= 1 and "disable" not in getattr(self, "_progress_bar_config", {}):
+            return tqdm(total=total, disable=True)
+        return self.progress_bar(total=total)
+
+    def _choose_timestep(self, requested: int | None, predicted: float | None) -> tuple[int, str]:
+        """The caller's t, else the t-regressor's (rounded, clamped), else the default; with where it came from."""
+        if requested is not None:
+            return requested, "given"
+        if predicted is not None:
+            last = self.scheduler.config.num_train_timesteps - 1
+            return int(round(min(max(predicted, 0.0), last))), "predicted"
+        return DEFAULT_TIMESTEP, "default"
+
+    def _restore_batch(self, images, requested, upscale, use_tiling, tile, overlap, conditioning_scale,
+                       return_kernels, output_latents, progress) -> list[dict]:
+        """Restore ``images`` ``[B, 3, H, W]`` (one size) with one UNet evaluation (or one per tile)."""
         device = self._execution_device
         dtype = self.unet.dtype
-        height, width = image.shape[-2:]
-        # The padded size must map to whole latents: (H * upscale) % vae_factor == 0.
-        multiple = self.vae_scale_factor // upscale
-        pad_h, pad_w = (-height) % multiple, (-width) % multiple
-        x = image[None].to(device=device, dtype=torch.float32) * 2.0 - 1.0
+        batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+        padded_h, padded_w = self._padded_size(height, width, upscale)
+        pad_h, pad_w = padded_h - height, padded_w - width
+        x = images.to(device=device, dtype=torch.float32) * 2.0 - 1.0
         if pad_h or pad_w:
             mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        latent_h, latent_w = x.shape[-2] * upscale // self.vae_scale_factor, x.shape[-1] * upscale // self.vae_scale_factor
-        use_tiling = tiling is True or (tiling == "auto" and self._needs_tiling(latent_h, latent_w, tile))
         x = x.to(dtype)
 
+        # Models are called in the order of model_cpu_offload_seq (see there), so that offloading frees each one
+        # once it is done: prompt embedding, VAE encoder, Kernel ControlNet, UNet, VAE decoder.
+        encoder_hidden_states = self.prompt_embedding(batch_size=batch).to(device=device, dtype=dtype)
+        with self._vae_tiling(use_tiling):
+            z_t = vae_encode_mode(self.vae, upsample_for_vae(x, upscale)) * self.vae.config.scaling_factor
+
         kcn = self.kernel_controlnet
-        kernels, predicted = None, None
+        kernels, predicted = None, [None] * batch
         if kcn is not None:
             if use_tiling:
                 predicted = self._predict_timestep_tiled(x, tile * self.vae_scale_factor // upscale)
             else:
                 kout = kcn(image=x)
-                kernels, predicted = kout.kernels, float(kout.predicted_timestep[0])
-        if t_req is not None:
-            t, source = t_req, "given"
-        elif predicted is not None:
-            t, source = int(round(min(max(predicted, 0.0), self.scheduler.config.num_train_timesteps - 1))), "predicted"
-        else:
-            t, source = DEFAULT_TIMESTEP, "default"
+                kernels, predicted = kout.kernels, [float(v) for v in kout.predicted_timestep]
+        timesteps, sources = zip(*(self._choose_timestep(t_req, t_pred) for t_req, t_pred in zip(requested, predicted)))
+        t_tensor = torch.tensor(timesteps, device=device, dtype=torch.long)
 
-        x_up = upsample_for_vae(x, upscale)
-        with self._vae_tiling(use_tiling):
-            z_t = vae_encode_mode(self.vae, x_up) * self.vae.config.scaling_factor
-        encoder_hidden_states = self.prompt_embedding(batch_size=1).to(device=device, dtype=dtype)
-        t_tensor = torch.tensor([t], device=device, dtype=torch.long)
         if use_tiling:
             eps, kernels = self._predict_noise_tiled(z_t, x, t_tensor, encoder_hidden_states, tile, overlap,
-                                                     upscale, conditioning_scale, return_kernels)
+                                                     upscale, conditioning_scale, return_kernels, progress)
         else:
             eps = self._predict_noise(z_t, t_tensor, encoder_hidden_states, kernels, conditioning_scale)
+            progress.update(batch)
+        z0 = predict_original_latents(z_t, eps, self.scheduler.alphas_cumprod, t_tensor)
 
-        z0 = predict_original_latents(z_t, eps, self.scheduler.alphas_cumprod, t)
-        with self._vae_tiling(use_tiling):
-            decoded = self.vae.decode((z0 / self.vae.config.scaling_factor).to(dtype)).sample
-        decoded = resize_from_vae(decoded, tuple(x.shape[-2:]), upscale)
-        sigma = getattr(self.config, "color_fix_sigma", None)
-        if sigma:
-            decoded = low_frequency_transfer(decoded.float(), x.float(), float(sigma))
-        restored = ((decoded.float()[0, :, :height, :width] + 1.0) / 2.0).clamp(0, 1).cpu()
-        kernels_np = None
-        if return_kernels and kernels is not None:
-            kernels_np = kernels[0, :, :height, :width].float().cpu().numpy()
-        return {"image": restored, "timestep": t, "source": source, "predicted": predicted, "kernels": kernels_np}
+        if output_latents:
+            restored = [z.cpu() for z in z0]
+        else:
+            with self._vae_tiling(use_tiling):
+                decoded = self.vae.decode((z0 / self.vae.config.scaling_factor).to(dtype)).sample
+            decoded = resize_from_vae(decoded, tuple(x.shape[-2:]), upscale)
+            sigma = getattr(self.config, "color_fix_sigma", None)
+            if sigma:
+                decoded = low_frequency_transfer(decoded.float(), x.float(), float(sigma))
+            restored = [((d.float()[:, :height, :width] + 1.0) / 2.0).clamp(0, 1).cpu() for d in decoded]
+        results = []
+        for i in range(batch):
+            kernels_np = None
+            if return_kernels and kernels is not None:
+                kernels_np = kernels[i, :, :height, :width].float().cpu().numpy()
+            results.append({"image": restored[i], "timestep": timesteps[i], "source": sources[i],
+                            "predicted": predicted[i], "kernels": kernels_np})
+        return results
 
     def _predict_noise(self, z_t, t, encoder_hidden_states, kernels, conditioning_scale) -> torch.Tensor:
         down_res, mid_res = None, None
@@ -456,18 +515,18 @@ class FideDiffPipeline(DiffusionPipeline):
             down_block_additional_residuals=down_res, mid_block_additional_residual=mid_res,
         ).sample
 
-    def _predict_timestep_tiled(self, x: torch.Tensor, image_tile: int) -> float:
-        """t-prediction on image tiles, averaged by tile area (bounded memory for any image size)."""
-        total, weight = 0.0, 0.0
+    def _predict_timestep_tiled(self, x: torch.Tensor, image_tile: int) -> list[float]:
+        """t-prediction on image tiles, averaged by tile area per image (bounded memory for any image size)."""
+        totals, weight = [0.0] * x.shape[0], 0.0
         for y0, y1, x0, x1 in iterate_tiles(x.shape[-2], x.shape[-1], image_tile, 0):
             t_tile = self.kernel_controlnet(image=x[..., y0:y1, x0:x1]).predicted_timestep
             area = (y1 - y0) * (x1 - x0)
-            total += float(t_tile[0]) * area
+            totals = [total + float(t) * area for total, t in zip(totals, t_tile)]
             weight += area
-        return total / weight
+        return [total / weight for total in totals]
 
     def _predict_noise_tiled(self, z_t, x, t, encoder_hidden_states, tile, overlap, upscale, conditioning_scale,
-                             return_kernels):
+                             return_kernels, progress):
         """UNet (+ Kernel ControlNet) on overlapping latent tiles, blended with Gaussian weights."""
         eps_sum = torch.zeros_like(z_t, dtype=torch.float32)
         weight_sum = torch.zeros_like(z_t[:, :1], dtype=torch.float32)
@@ -476,7 +535,7 @@ class FideDiffPipeline(DiffusionPipeline):
         margin = 4 * pixels_per_latent  # context for the kernel estimator at the tile border
         kernel_map = kernel_weight = None
         if return_kernels and kcn is not None:
-            kernel_map = torch.zeros(1, kcn.config.kernel_size ** 2, *x.shape[-2:], dtype=torch.float32)
+            kernel_map = torch.zeros(x.shape[0], kcn.config.kernel_size ** 2, *x.shape[-2:], dtype=torch.float32)
             kernel_weight = torch.zeros(1, 1, *x.shape[-2:], dtype=torch.float32)
         for y0, y1, x0, x1 in iterate_tiles(z_t.shape[-2], z_t.shape[-1], tile, overlap):
             z_tile = z_t[..., y0:y1, x0:x1]
@@ -494,6 +553,7 @@ class FideDiffPipeline(DiffusionPipeline):
             w = gaussian_weights(y1 - y0, x1 - x0, device=z_t.device)
             eps_sum[..., y0:y1, x0:x1] += eps.float() * w
             weight_sum[..., y0:y1, x0:x1] += w
+            progress.update(z_t.shape[0])
         full_kernels = kernel_map / kernel_weight if kernel_map is not None else None
         return eps_sum / weight_sum, full_kernels
 
@@ -515,6 +575,20 @@ class FideDiffPipeline(DiffusionPipeline):
         2**out_channels (TAESD's own shape), and its convolutions work on any size at a small memory cost anyway.
         """
         return self._TilingSwitch(self.vae, enabled and not isinstance(self.vae, AutoencoderTiny))
+
+
+def same_size_batches(sizes: list[tuple[int, int]], batch_size: int | None = None) -> list[list[int]]:
+    """Group image indices by size (first appearance order), in chunks of at most ``batch_size``.
+
+    Example:
+        >>> same_size_batches([(16, 16), (8, 8), (16, 16), (16, 16)], batch_size=2)
+        [[0, 2], [3], [1]]
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    step = batch_size or len(sizes)
+    return [group[i:i + step] for group in groups.values() for i in range(0, len(group), step)]
 
 
 def _reallocate_tensors(model):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.controlnets.controlnet import ControlNetModel
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -34,8 +35,47 @@ class KernelControlNetOutput(BaseOutput):
     mid_block_res_sample: torch.Tensor | None = None
 
 
+_NORM_GROUPS = 8
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=min(8, channels), num_channels=channels)
+    return nn.GroupNorm(num_groups=min(_NORM_GROUPS, channels), num_channels=channels)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
+                                   num_train_timesteps) -> None:
+    """Refuse a configuration that cannot be built, in one line that names the setting (not deep in GroupNorm).
+
+    The kernel estimator normalises each level and each skip join (two neighbouring levels concatenated) with
+    GroupNorm of ``min(8, channels)`` groups, so those channel counts must be below 8 or multiples of 8.
+
+    Example:
+        >>> check_kernel_controlnet_config(9, (4, 8), 64, 64, 1000)
+        Traceback (most recent call last):
+        ...
+        ValueError: estimator_channels=(4, 8): the skip join of levels 0 and 1 has 12 channels, which GroupNorm with 8 groups cannot split; use levels whose neighbouring sums are multiples of 8, e.g. (16, 32, 64)
+    """
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be a positive odd number; got {kernel_size!r}")
+    channels = tuple(estimator_channels) if isinstance(estimator_channels, (list, tuple)) else None
+    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+        raise ValueError(f"estimator_channels must be a non-empty list of positive ints; got {estimator_channels!r}")
+    norms = [(f"level {i}", c) for i, c in enumerate(channels)]
+    norms += [(f"the skip join of levels {i} and {i + 1}", channels[i] + channels[i + 1]) for i in range(len(channels) - 1)]
+    for where, count in norms:
+        if count % min(_NORM_GROUPS, count):
+            raise ValueError(
+                f"estimator_channels={channels}: {where} has {count} channels, which GroupNorm with {_NORM_GROUPS} "
+                "groups cannot split; use levels whose neighbouring sums are multiples of 8, e.g. (16, 32, 64)"
+            )
+    for name, value in (("regressor_channels", regressor_channels), ("kernel_embedding_channels",
+                        kernel_embedding_channels), ("num_train_timesteps", num_train_timesteps)):
+        _check_positive_int(name, value)
 
 
 class _ResBlock(nn.Module):
@@ -170,13 +210,16 @@ class KernelFilterModule(nn.Module):
         return self.zero_conv(weight * z_in2)
 
 
-class KernelControlNetModel(ModelMixin, ConfigMixin):
+class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
     r"""
     FideDiff's Kernel ControlNet: kernel estimator ``M``, t-regressor ``T``, filter module ``F`` and a ControlNet
     ``C`` copied from the UNet's encoder, in one component.
 
     A fresh model leaves the base UNet's output unchanged: the ControlNet's output convolutions and ``F``'s last
-    convolution start at zero.
+    convolution start at zero. The attention API of diffusers models (``attn_processors``, ``set_attn_processor``,
+    ``set_default_attn_processor``, ``set_attention_slice``) reaches the ControlNet's attention layers, so
+    ``pipe.enable_attention_slicing()`` and processor swaps on the pipeline cover them too. The configuration is
+    checked at construction (`check_kernel_controlnet_config`).
 
     Args:
         controlnet_config (`dict`): config of the inner diffusers `ControlNetModel` (made by `from_unet`).
@@ -209,8 +252,8 @@ class KernelControlNetModel(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
     ):
         super().__init__()
-        if kernel_size % 2 != 1 or kernel_size < 1:
-            raise ValueError(f"kernel_size must be a positive odd number; got {kernel_size}")
+        check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
+                                       num_train_timesteps)
         kernel_channels = kernel_size * kernel_size
         self.controlnet = ControlNetModel.from_config(controlnet_config)
         latent_feature_channels = self.controlnet.conv_in.out_channels
@@ -240,6 +283,16 @@ class KernelControlNetModel(ModelMixin, ConfigMixin):
     @property
     def kernel_size(self) -> int:
         return self.config.kernel_size
+
+    # attn_processors, set_attn_processor and fuse_qkv_projections come from AttentionMixin, which walks every
+    # attention layer (all of them sit in the inner ControlNet); these two need the ControlNet's own logic.
+    def set_default_attn_processor(self) -> None:
+        """Give every attention layer diffusers' default processor (as `ControlNetModel.set_default_attn_processor`)."""
+        self.controlnet.set_default_attn_processor()
+
+    def set_attention_slice(self, slice_size: str | int | list[int]) -> None:
+        """Sliced attention in the ControlNet (``"auto"``, ``"max"`` or an int); `pipe.enable_attention_slicing` calls it."""
+        self.controlnet.set_attention_slice(slice_size)
 
     def forward(
         self,
