@@ -420,10 +420,10 @@ def _kcn_outputs(model, inputs):
     return [out.kernels, out.predicted_timestep, *out.down_block_res_samples, out.mid_block_res_sample]
 
 
-def _assert_outputs_close(actual, expected, atol=0.0):
+def _assert_outputs_close(actual, expected, atol=0.0, rtol=0.0):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
-        torch.testing.assert_close(a.float(), e.float(), atol=atol, rtol=0)
+        torch.testing.assert_close(a.float(), e.float(), atol=atol, rtol=rtol)
 
 
 def test_kernel_controlnet_is_deterministic_and_batch_independent(pipe, kcn_inputs):
@@ -431,7 +431,8 @@ def test_kernel_controlnet_is_deterministic_and_batch_independent(pipe, kcn_inpu
     first, second = _kcn_outputs(kcn, kcn_inputs), _kcn_outputs(kcn, kcn_inputs)
     _assert_outputs_close(first, second)
     single = _kcn_outputs(kcn, {k: v[:1] for k, v in kcn_inputs.items()})
-    _assert_outputs_close(single, [o[:1] for o in first], atol=1e-5)
+    # Float rounding only: with several CPU threads a batch of 2 may take another conv algorithm than a batch of 1.
+    _assert_outputs_close(single, [o[:1] for o in first], atol=1e-5, rtol=1e-5)
 
 
 def test_kernel_controlnet_save_load_and_variants(pipe, kcn_inputs, tmp_path):
