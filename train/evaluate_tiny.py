@@ -41,6 +41,8 @@ from train.make_tiny import (  # noqa: E402
     DATA_KERNEL_SIZE, HELDOUT_PHOTOS, SPEED_RANGE, STEPS, UPSCALE, load_photo, photo_label,
 )
 
+from fidediff_pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
+
 LEVELS = (7, 11, 15)
 KERNEL_LENGTHS = (9, 15, 21)
 KERNEL_ANGLES = (0, 45, 90, 135)
@@ -235,10 +237,8 @@ def before_after_picture(pipe, pairs, out_path: Path) -> None:
         rows.append(np.asarray(Image.fromarray(row).resize((3 * 256 * w // h, 256), Image.Resampling.LANCZOS)))
     width = min(r.shape[1] for r in rows)
     grid = np.concatenate([r[:, :width] for r in rows], axis=0)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp.jpg")
-    Image.fromarray(grid).save(tmp, quality=90)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        Image.fromarray(grid).save(tmp, format="JPEG", quality=90)
 
 
 def write_card_results(card_path: Path, text: str) -> None:
@@ -250,9 +250,7 @@ def write_card_results(card_path: Path, text: str) -> None:
     if start < 0 or end < 0:
         return
     start = card.index("\n", start) + 1
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(card[:start] + text + "\n" + card[end:])
-    tmp.replace(card_path)
+    write_text_atomic(card_path, card[:start] + text + "\n" + card[end:])
 
 
 def fmt_table(rows: list[tuple[str, dict]], inputs: dict) -> str:
