@@ -13,6 +13,8 @@ blocks) trained in alternation.
 
 ``--no_consistency`` is the paper's "w/o CT" ablation: random unrelated pairs, all at t = 200.
 ``--lora_rank 0`` trains every UNet weight (needed for randomly initialised models such as ``--preset tiny``).
+With ``--lora_rank > 0`` the exported pipeline has the LoRA fused into its UNet, and the LoRA alone is also saved,
+in diffusers' format, as ``<pipeline>/lora/pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,38 @@ from train import common  # noqa: E402
 LORA_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_ALL_TARGETS = LORA_ATTENTION_TARGETS + ["conv1", "conv2", "conv_shortcut", "proj_in", "proj_out",
                                              "ff.net.0.proj", "ff.net.2", "time_emb_proj"]
+
+
+# The standalone LoRA file goes to <pipeline folder>/lora/pytorch_lora_weights.safetensors.
+LORA_SUBFOLDER = "lora"
+LORA_METADATA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "lora_dropout", "bias",
+                      "use_rslora", "use_dora", "peft_type")
+
+
+def save_unet_lora(unet, save_directory: str) -> None:
+    """Save the UNet's peft adapter as a diffusers LoRA file (``pytorch_lora_weights.safetensors``).
+
+    As diffusers' training scripts do (``get_peft_model_state_dict`` + the pipeline's ``save_lora_weights``, which
+    prefixes ``unet.``), plus the adapter's ``LoraConfig`` as metadata, so that ``--lora_alpha`` other than the rank
+    and the ``--lora_target`` modules reload exactly. Float32, like the exported pipeline.
+
+    The keys keep peft's ``lora_A`` / ``lora_B`` names, as diffusers' own ``save_lora_adapter`` writes them. Not
+    ``convert_state_dict_to_diffusers`` (``train_text_to_image_lora.py``): it renames only the attention
+    projections (``to_q.lora.down``), and diffusers' loader picks one naming from the first key, so with
+    ``--lora_target all`` (convs first) every attention adapter would be dropped on load
+    (huggingface/diffusers#14548).
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    from fidediff_pipeline import FideDiffPipeline
+
+    layers = get_peft_model_state_dict(unet)
+    layers = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in layers.items()}
+    config = unet.peft_config["default"].to_dict()
+    # Only the fields that decide the adapter's output: diffusers rebuilds the config as LoraConfig(**metadata),
+    # and the fields a newer peft adds (e.g. use_bdlora) would make an older peft refuse the file.
+    metadata = {key: config[key] for key in LORA_METADATA_KEYS if key in config}
+    FideDiffPipeline.save_lora_weights(save_directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
 
 
 def parse_args(argv=None):
@@ -193,6 +227,7 @@ class BaseStage(common.Stage):
 
     def export(self, export_dir):
         pipe = self.validation_pipeline()
+        trained_unet = pipe.unet
         if self.args.lora_rank > 0:
             # Fuse then unload: an unfused adapter would be saved next to base weights that reload without it.
             # On a copy: the best-validation export happens mid-training, and the trained UNet must keep its adapter.
@@ -200,6 +235,11 @@ class BaseStage(common.Stage):
             pipe.unet.fuse_lora()
             pipe.unet.unload_lora()
         common.save_pipeline(pipe, export_dir)
+        if self.args.lora_rank > 0:
+            # The same LoRA also on its own, for `pipe.load_lora_weights` on top of the base UNet (a few MB that a
+            # Hub repo can ship instead of a fused UNet). Inside the pipeline folder: written atomically with it,
+            # and the best-validation export gets its own.
+            save_unet_lora(trained_unet, os.path.join(export_dir, LORA_SUBFOLDER))
 
 
 def main(argv=None):
