@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"fidediff {args.command}: error: {err}", file=sys.stderr)
+        from .distributed import error_prefix, should_print_error
+
+        # Under `accelerate launch` every process hits the same input error: the main process prints it once.
+        if should_print_error(err):
+            print(f"fidediff {args.command}: error: {error_prefix(err)}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -90,6 +90,9 @@ CSV_NAME = "per_image.csv"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 SETTINGS_JSON = "run_settings.json"
+# Rows of one process of a distributed run (``accelerate launch``), merged into CSV_NAME by the main process at the
+# end; an interrupted run's shards are read back on resume like the CSV itself.
+SHARD_PATTERN = "per_image.process-*.csv"
 IMAGES_DIR = "images"
 
 
@@ -241,6 +244,35 @@ def read_rows(csv_path) -> dict[str, dict[str, str]]:
             if None not in row.values() and None not in row}
 
 
+def shard_path(output_dir, process_index: int) -> Path:
+    """The CSV that process ``process_index`` of a distributed run appends its rows to."""
+    return Path(output_dir) / SHARD_PATTERN.replace("*", str(process_index))
+
+
+def read_saved_rows(output_dir) -> dict[str, dict[str, str]]:
+    """Finished rows of ``per_image.csv`` and of any per-process shards left by an interrupted distributed run.
+
+    Shards are newer than the CSV (the main process merges and deletes them at the end of a run), so they win.
+    """
+    output_dir = Path(output_dir)
+    rows = read_rows(output_dir / CSV_NAME)
+    for shard in sorted(output_dir.glob(SHARD_PATTERN)):
+        rows.update(read_rows(shard))
+    return rows
+
+
+def _open_shard(path: Path, columns: list[str]):
+    """Open a process's shard for appending, with a header when new; a row cut short by a kill stays on its own
+    (unfinished) line instead of swallowing the next one."""
+    fresh = not path.is_file() or path.stat().st_size == 0
+    handle = path.open("a", newline="")
+    if fresh:
+        csv.DictWriter(handle, fieldnames=columns).writeheader()
+    elif not path.read_bytes().endswith(b"\n"):
+        handle.write("\n")
+    return handle
+
+
 def _write_rows(csv_path: Path, columns: list[str], rows: Iterable[Mapping]) -> None:
     tmp = csv_path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as handle:
@@ -261,8 +293,11 @@ def _json_safe(value):
     return value
 
 
-def _check_settings(output_dir: Path, fingerprint: dict) -> None:
-    """Refuse to resume into a folder that holds results computed with different settings."""
+def _check_settings(output_dir: Path, fingerprint: dict, write: bool = True) -> None:
+    """Refuse to resume into a folder that holds results computed with different settings.
+
+    ``write=False`` only checks: the processes of a distributed run all check, the main process writes.
+    """
     path = output_dir / SETTINGS_JSON
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -274,7 +309,8 @@ def _check_settings(output_dir: Path, fingerprint: dict) -> None:
                 f"{output_dir} holds results of a run with other settings ({details}); "
                 "use another --output folder or delete it to start over"
             )
-    write_text_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    if write:
+        write_text_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -298,6 +334,7 @@ def evaluate(
     settings: Mapping | None = None,
     progress: bool = True,
     pipeline_kwargs: Mapping | None = None,
+    state=None,
 ) -> dict:
     """Restore every pair, measure it, and write ``per_image.csv``, ``summary.json`` and ``summary.md``.
 
@@ -317,9 +354,13 @@ def evaluate(
         settings: extra settings recorded in the summary (model, device, dtype, ...). Those that change
             results (everything but ``device`` / ``batch_size``) must match when resuming.
         pipeline_kwargs: extra keyword arguments of the pipeline call (e.g. ``{"tile_size": 96}``).
+        state: accelerate's ``PartialState`` of a distributed run (``accelerate launch``), or ``None`` for one
+            process. Each process restores its own share of the images (appending to its own
+            ``per_image.process-<i>.csv``); the rows are gathered and the main process writes the same files a
+            single process would (same rows, same order).
 
     Returns:
-        The summary dict written to ``summary.json``.
+        The summary dict written to ``summary.json`` (every process of a distributed run returns it).
     """
     if dataset not in PROTOCOLS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -344,12 +385,13 @@ def evaluate(
         **{k: v for k, v in settings.items() if k not in ("device", "batch_size", "progress")},
         **({"pipeline_kwargs": dict(pipeline_kwargs)} if pipeline_kwargs else {}),
     }
-    _check_settings(output_dir, _json_safe(fingerprint))
+    is_main = state is None or state.is_main_process
+    _check_settings(output_dir, _json_safe(fingerprint), write=is_main)
 
     columns = csv_columns(protocol)
     required = PIXEL_COLUMNS[protocol] + [name for name in PERCEPTUAL_COLUMNS if name in perceptual]
     csv_path = output_dir / CSV_NAME
-    rows = read_rows(csv_path)
+    rows = read_saved_rows(output_dir)
     # A row is finished when every metric that can run now has a value; others are restored again.
     # With --save-images a row whose image is missing is not finished either.
     todo = [p for p in pairs if not all(rows.get(p.name, {}).get(c, "") != "" for c in required)
@@ -357,40 +399,28 @@ def evaluate(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=f"eval {dataset}", unit="img", disable=not progress)
-    if not csv_path.is_file():
-        _write_rows(csv_path, columns, [])
-    try:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            blurry = [load_rgb(p.blurry) for p in batch]
-            began = time.perf_counter()
-            restored, timesteps, sources = restore_batch(restorer, blurry, timestep, upscale_factor, **(pipeline_kwargs or {}))
-            seconds = (time.perf_counter() - began) / len(batch)
+    measure = dict(restorer=restorer, protocol=protocol, timestep=timestep, upscale_factor=upscale_factor,
+                   batch_size=batch_size, perceptual=perceptual, save_images=save_images, output_dir=output_dir,
+                   pipeline_kwargs=pipeline_kwargs)
+    if state is None:
+        bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=f"eval {dataset}", unit="img",
+                   disable=not progress)
+        if not csv_path.is_file():
+            _write_rows(csv_path, columns, [])
+        try:
             with csv_path.open("a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-                for pair, image, used_t, source in zip(batch, restored, timesteps, sources):
-                    sharp = load_rgb(pair.sharp)
-                    if image.shape != sharp.shape:
-                        raise ValueError(
-                            f"restored {pair.name} is {image.shape[1]}x{image.shape[0]} but its ground truth "
-                            f"{pair.sharp} is {sharp.shape[1]}x{sharp.shape[0]}"
-                        )
-                    row = {"name": pair.name, "timestep": used_t, "timestep_source": source, "seconds": seconds}
-                    row.update(image_metrics(image, sharp, protocol, perceptual))
-                    row = {k: _format_cell(v) for k, v in row.items()}
-                    if save_images:  # image complete under its name before its row says it is done
-                        _save_png(image, restored_image_path(output_dir, pair.name))
-                    writer.writerow({c: row.get(c, "") for c in columns})
-                    handle.flush()  # a crash loses at most the image being measured
-                    rows[pair.name] = row
-                    bar.update(1)
-    finally:
-        bar.close()
+                rows.update(_measure_pairs(todo, handle, columns, bar, **measure))
+        finally:
+            bar.close()
+    else:
+        rows.update(_measure_share(state, todo, columns, dataset, progress, **measure))
 
     # Rewrite in the set's order, one row per image (a resumed run may have appended duplicates).
     ordered = [rows[p.name] for p in pairs]
-    _write_rows(csv_path, columns, ordered)
+    if is_main:
+        _write_rows(csv_path, columns, ordered)
+        for shard in output_dir.glob(SHARD_PATTERN):  # merged into the CSV just written
+            shard.unlink()
     summary = summarize(
         ordered,
         dataset=dataset,
@@ -404,9 +434,70 @@ def evaluate(
         settings=settings,
         save_images=save_images,
     )
-    write_text_atomic(output_dir / SUMMARY_JSON, json.dumps(_json_safe(summary), indent=2) + "\n")
-    write_text_atomic(output_dir / SUMMARY_MD, summary_markdown(summary))
+    if is_main:
+        write_text_atomic(output_dir / SUMMARY_JSON, json.dumps(_json_safe(summary), indent=2) + "\n")
+        write_text_atomic(output_dir / SUMMARY_MD, summary_markdown(summary))
     return summary
+
+
+def _measure_pairs(todo: Sequence[EvalPair], handle, columns: list[str], bar, *, restorer, protocol: str, timestep,
+                   upscale_factor: int, batch_size: int, perceptual: Mapping[str, Callable], save_images: bool,
+                   output_dir: Path, pipeline_kwargs: Mapping | None) -> dict[str, dict[str, str]]:
+    """Restore and measure ``todo`` in batches, appending each finished row to the open CSV ``handle``.
+
+    Returns the new rows by name. A row is flushed as soon as it is measured: a crash loses at most the image
+    being measured.
+    """
+    rows: dict[str, dict[str, str]] = {}
+    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        blurry = [load_rgb(p.blurry) for p in batch]
+        began = time.perf_counter()
+        restored, timesteps, sources = restore_batch(restorer, blurry, timestep, upscale_factor, **(pipeline_kwargs or {}))
+        seconds = (time.perf_counter() - began) / len(batch)
+        for pair, image, used_t, source in zip(batch, restored, timesteps, sources):
+            sharp = load_rgb(pair.sharp)
+            if image.shape != sharp.shape:
+                raise ValueError(
+                    f"restored {pair.name} is {image.shape[1]}x{image.shape[0]} but its ground truth "
+                    f"{pair.sharp} is {sharp.shape[1]}x{sharp.shape[0]}"
+                )
+            row = {"name": pair.name, "timestep": used_t, "timestep_source": source, "seconds": seconds}
+            row.update(image_metrics(image, sharp, protocol, perceptual))
+            row = {k: _format_cell(v) for k, v in row.items()}
+            if save_images:  # image complete under its name before its row says it is done
+                _save_png(image, restored_image_path(output_dir, pair.name))
+            writer.writerow({c: row.get(c, "") for c in columns})
+            handle.flush()  # a crash loses at most the image being measured
+            rows[pair.name] = row
+            bar.update(1)
+    return rows
+
+
+def _measure_share(state, todo: Sequence[EvalPair], columns: list[str], dataset: str, progress: bool,
+                   **measure) -> dict[str, dict[str, str]]:
+    """Distributed run: measure this process's share of ``todo`` into its own shard; return every process's rows.
+
+    Every process has read the finished rows (CSV and shards) before any of them appends one, so all agree on
+    ``todo`` and split it the same way.
+    """
+    from tqdm.auto import tqdm
+
+    from .distributed import gather_lists, own_share, share_of
+
+    state.wait_for_everyone()
+    share = share_of(state, list(todo))
+    rows: dict[str, dict[str, str]] = {}
+    if share:
+        bar = tqdm(total=len(share), desc=f"eval {dataset} (process 0 of {state.num_processes})", unit="img",
+                   disable=not progress or not state.is_main_process)
+        try:
+            with own_share(state), _open_shard(shard_path(measure["output_dir"], state.process_index), columns) as handle:
+                rows = _measure_pairs(share, handle, columns, bar, **measure)
+        finally:
+            bar.close()
+    return dict(gather_lists(list(rows.items())))
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -660,7 +751,8 @@ def sweep_timesteps(
     """Evaluate at each fixed timestep: the paper's Figure 7 ("performance w.r.t. steps").
 
     Each timestep gets its own resumable evaluation folder ``<output>/t<NNN>/``; the curves are written to
-    ``sweep.json``, ``sweep.md`` and (with matplotlib) ``sweep.png`` in ``output_dir``.
+    ``sweep.json``, ``sweep.md`` and (with matplotlib) ``sweep.png`` in ``output_dir`` (by the main process of a
+    distributed run: ``state=`` in ``evaluate_kwargs``).
 
     Example:
         >>> sweep = sweep_timesteps(pipe, pairs, "eval/sweep", [80, 120, 160, 200, 240, 280])  # doctest: +SKIP
@@ -688,6 +780,9 @@ def sweep_timesteps(
         "full_test_set_size": summaries[0]["full_test_set_size"],
         "plot": None,
     }
+    state = evaluate_kwargs.get("state")
+    if state is not None and not state.is_main_process:
+        return result  # the main process writes the sweep's files
     if plot:
         try:
             plot_sweep(result, output_dir / "sweep.png")

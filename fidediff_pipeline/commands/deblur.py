@@ -53,7 +53,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("deblur", help="deblur image files and folders",
-                                   description="Deblur image files and folders (recursively); outputs are PNG.")
+                                   description="Deblur image files and folders (recursively); outputs are PNG. "
+                                               "Under `accelerate launch` with several processes (GPUs), the files are "
+                                               "split across them and the main process prints one combined report.")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (created; inputs are never overwritten, and an output folder inside an "
@@ -165,13 +167,12 @@ def prepare_output_dir(output_dir: Path) -> None:
         raise ValueError(f"-o {output_dir}: the output folder is not writable")
 
 
-def run(args) -> int:
-    from tqdm import tqdm
+def plan_work(args) -> tuple[Path, list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """``(output folder, every (input, output) pair, the pairs still to do)``, decided before any work.
 
-    from ..atomic_io import save_image_atomic
-    from ..image_processing import DEFAULT_MAX_PIXELS, load_image
-    from ..loading import load_pipeline
-
+    Every process of a distributed run computes the same lists: the inputs are sorted and the outputs planned
+    the same way, and it runs before any process writes an output.
+    """
     output_dir = Path(args.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"-o {output_dir} is a file; it must be a folder (created if missing)")
@@ -179,31 +180,109 @@ def run(args) -> int:
     if not files:
         raise ValueError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     planned = plan_outputs(files, output_dir)
-    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     todo = [(f, t) for f, t in planned if not (args.skip_existing and is_finished_output(t))]
-    kept = len(planned) - len(todo)
-    if kept:
-        print(f"kept {kept} finished output(s) in {output_dir} (--no-skip-existing redoes them)")
-    if not todo:
-        print(f"nothing to do: all {len(planned)} output(s) exist in {output_dir}")
-        return 0
-    prepare_output_dir(output_dir)
-    pipe = load_pipeline(args.model, args.device, args.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    failures = 0
-    for file, target in tqdm(todo, desc="deblurring", unit="img", disable=len(todo) < 2):
+    return output_dir, planned, todo
+
+
+def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, live: bool = True,
+                 progress: bool = True) -> list[dict]:
+    """Deblur each ``(input, output)`` pair and write its PNG; return one result dict per pair, in order.
+
+    A result is ``{"input", "output", "timestep", "source"}``, or ``{"input", "output", "error"}`` for an image
+    the pipeline refused (too large, unreadable). With ``live`` each line of the report is printed as its image
+    finishes; a distributed run prints the combined report at the end instead (:func:`print_report`).
+    """
+    from tqdm import tqdm
+
+    from ..atomic_io import save_image_atomic
+    from ..image_processing import load_image
+
+    results = []
+    for file, target in tqdm(todo, desc="deblurring", unit="img", disable=len(todo) < 2 or not progress):
         try:
             image = load_image(file, max_pixels=max_pixels)
             result = pipe(image, timestep=args.timestep, upscale_factor=args.upscale_factor, tile_size=args.tile_size,
                           max_pixels=max_pixels)
         except ValueError as err:
-            failures += 1
-            print(f"skipped {file}: {err}", file=sys.stderr)
+            results.append({"input": str(file), "output": str(target), "error": str(err)})
+            if live:
+                print(report_line(results[-1]), file=sys.stderr)
             continue
         # Temporary name + rename: a kill leaves no partial PNG under the final name for a rerun to keep.
         save_image_atomic(result.images[0], target)
-        tqdm.write(f"{file} -> {target} (t={result.timesteps[0]}, {result.timestep_sources[0]})")
-    existing = sum(1 for _, target in planned if target.is_file())
-    print(f"wrote {existing - kept} image(s) to {output_dir}" + (f"; kept {kept} existing" if kept else "")
-          + (f"; skipped {failures} (see above)" if failures else ""))
+        results.append({"input": str(file), "output": str(target), "timestep": result.timesteps[0],
+                        "source": result.timestep_sources[0]})
+        if live:
+            tqdm.write(report_line(results[-1]))
+    return results
+
+
+def report_line(result: dict) -> str:
+    """The report's line for one image: ``in -> out (t=..., source)``, or ``skipped in: reason``."""
+    if "error" in result:
+        return f"skipped {result['input']}: {result['error']}"
+    return f"{result['input']} -> {result['output']} (t={result['timestep']}, {result['source']})"
+
+
+def print_report(results: list[dict]) -> None:
+    """Print the per-image lines of a distributed run, in input order: results to stdout, skipped ones to stderr."""
+    for result in results:
+        print(report_line(result), file=sys.stderr if "error" in result else sys.stdout)
+
+
+def deblur_share(state, todo: list[tuple[Path, Path]], args, max_pixels: int) -> list[dict]:
+    """Distributed run: deblur this process's share of ``todo`` on its own device; return every process's results.
+
+    An idle process (more processes than images) loads no model but still joins the gathering.
+    """
+    from ..distributed import gather_lists, own_share, process_device, share_of
+    from ..loading import load_pipeline
+
+    device = process_device(state, args.device)
+    share = share_of(state, todo)
+    # The main process loads first: a Hub model is downloaded once, then read from the cache by the others.
+    with state.main_process_first():
+        pipe = load_pipeline(args.model, device, args.dtype) if share else None
+    results = []
+    if share:
+        pipe.set_progress_bar_config(disable=True)
+        with own_share(state):
+            results = deblur_files(pipe, share, args, max_pixels, live=False, progress=state.is_main_process)
+    return gather_lists(results)
+
+
+def run(args) -> int:
+    from ..distributed import process_state
+    from ..image_processing import DEFAULT_MAX_PIXELS
+    from ..loading import load_pipeline
+
+    # None for a plain run; under `accelerate launch` with several processes, accelerate's PartialState.
+    state = process_state()
+    is_main = state is None or state.is_main_process
+    output_dir, planned, todo = plan_work(args)
+    if state is not None:
+        state.wait_for_everyone()  # every process has listed the finished outputs before any of them writes one
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    kept = len(planned) - len(todo)
+    if kept and is_main:
+        print(f"kept {kept} finished output(s) in {output_dir} (--no-skip-existing redoes them)")
+    if not todo:
+        if is_main:
+            print(f"nothing to do: all {len(planned)} output(s) exist in {output_dir}")
+        return 0
+    prepare_output_dir(output_dir)
+    if state is None:
+        pipe = load_pipeline(args.model, args.device, args.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        results = deblur_files(pipe, todo, args, max_pixels)
+    else:
+        if is_main:
+            print(f"deblurring {len(todo)} image(s) on {state.num_processes} processes")
+        results = deblur_share(state, todo, args, max_pixels)
+        if is_main:
+            print_report(results)
+    failures = sum(1 for result in results if "error" in result)
+    if is_main:
+        print(f"wrote {len(results) - failures} image(s) to {output_dir}" + (f"; kept {kept} existing" if kept else "")
+              + (f"; skipped {failures} (see above)" if failures else ""))
     return 1 if failures else 0

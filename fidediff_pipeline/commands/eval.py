@@ -10,6 +10,8 @@ Examples::
 Writes ``per_image.csv``, ``summary.json``, ``summary.md`` and ``paper_comparison.md`` (or, with
 ``--sweep-timesteps``, one such folder per timestep plus ``sweep.json``, ``sweep.md`` and ``sweep.png``).
 A second run with the same ``--output`` resumes: images already measured are not restored again.
+Under ``accelerate launch`` with several processes (GPUs), the images are split across the processes and the
+main process writes the same files from the merged rows.
 
 Protocols: GoPro/HIDE/paired report PSNR and the MATLAB-style 3-D SSIM (``ssim_matlab3d``, what the
 GoPro/HIDE script computes; ``ssim_skimage`` is in the CSV too); RealBlur reports the RealBlur authors'
@@ -21,6 +23,7 @@ metric "unavailable" (with the reason) and the rest still run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -73,22 +76,37 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _main_process_first(state):
+    """Distributed run: the main process loads first, so that a Hub model or metric weights are downloaded once and
+    then read from the cache by the others. A plain run: no-op."""
+    return contextlib.nullcontext() if state is None else state.main_process_first()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fidediff eval``; returns the exit code. Errors are ValueError / FileNotFoundError with clear text."""
+    from ..distributed import process_device, process_state
     from ..loading import default_model, resolve_device
     from ..metrics import build_perceptual_metrics
 
+    # None for a plain run; under `accelerate launch` with several processes, accelerate's PartialState.
+    state = process_state()
+    is_main = state is None or state.is_main_process
     # Cheap checks first: a wrong root fails before any model or metric network is loaded.
     pairs = load_eval_set(args.dataset, args.root)
-    device = str(resolve_device(args.device))
-    perceptual, unavailable = build_perceptual_metrics(
-        lpips_net=args.lpips_net, dists=not args.no_dists, device=device, dists_weights=args.dists_weights
-    )
-    for name, reason in unavailable.items():
-        print(f"warning: {name.upper()} unavailable: {reason}", file=sys.stderr)
+    device = str(resolve_device(args.device) if state is None else process_device(state, args.device))
+    with _main_process_first(state):
+        perceptual, unavailable = build_perceptual_metrics(
+            lpips_net=args.lpips_net, dists=not args.no_dists, device=device, dists_weights=args.dists_weights
+        )
+    if is_main:
+        for name, reason in unavailable.items():
+            print(f"warning: {name.upper()} unavailable: {reason}", file=sys.stderr)
 
     model = args.model or default_model()
-    pipe = evaluation.load_pipeline(model, device, args.dtype)
+    with _main_process_first(state):
+        pipe = evaluation.load_pipeline(model, device, args.dtype)
+    if state is not None and is_main:
+        print(f"evaluating on {state.num_processes} processes", file=sys.stderr)
 
     settings = {
         "model": model,
@@ -108,15 +126,20 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         progress=not args.no_progress,
         pipeline_kwargs={"tile_size": args.tile_size} if args.tile_size else None,
+        state=state,
     )
     output = Path(args.output)
     if args.sweep_timesteps:
         sweep = evaluation.sweep_timesteps(pipe, pairs, output, args.sweep_timesteps, dataset=args.dataset, **common)
+        if not is_main:
+            return 0
         print(evaluation.sweep_markdown(sweep))
         print(f"wrote {output / 'sweep.md'}, {output / 'sweep.json'}" + (f", {output / sweep['plot']}" if sweep["plot"] else ""))
         return 0
 
     summary = evaluation.evaluate(pipe, pairs, output, dataset=args.dataset, timestep=args.timestep, **common)
+    if not is_main:
+        return 0  # the main process writes the comparison and prints the report
     if args.dataset in evaluation.PAPER_TABLE2:
         write_text_atomic(output / "paper_comparison.md", evaluation.paper_comparison_table([summary]))
     print(evaluation.summary_markdown(summary))
