@@ -8,6 +8,10 @@ Settings (environment variables):
                          bundled ``fidediff-tiny`` checkpoint, so the demo works offline out of the box.
     FIDEDIFF_MAX_PIXELS  the largest accepted image, in pixels (default 4,000,000: 4 MP).
     FIDEDIFF_DTYPE       float32, float16 or bfloat16 (default: float16 on CUDA, float32 on the CPU).
+    FIDEDIFF_CONCURRENCY     deblurs run at once (default 1: one per GPU, or one on a CPU).
+    FIDEDIFF_QUEUE_WAIT_S    how long the last one in a full queue should wait before its run starts (default 120);
+                             the queue holds as many waiting deblurs as this allows at the measured speed.
+    FIDEDIFF_QUEUE_MAX_SIZE  the number of waiting deblurs, set directly (overrides FIDEDIFF_QUEUE_WAIT_S).
 """
 
 # `spaces` first: on ZeroGPU it patches torch's CUDA functions, which must happen before anything initialises CUDA.
@@ -48,7 +52,6 @@ MAX_PIXELS = int(os.environ.get("FIDEDIFF_MAX_PIXELS", 4_000_000))
 # Room for an uncompressed RGBA file of the largest accepted size (4 bytes a pixel), at least 25 MB; the server
 # answers HTTP 413 beyond it, before the app sees the upload.
 MAX_FILE_BYTES = max(25_000_000, 4 * MAX_PIXELS)
-QUEUE_MAX_SIZE = 16
 
 # ZeroGPU reservation per call: a fixed part (moving the weights to the lent GPU, CUDA set-up, the kernel grid) plus a
 # part per megapixel (d = 4 runs the VAE and UNet on 4x the pixels of d = 8). Measured with the sd21-base shapes in
@@ -311,15 +314,21 @@ class SpeedModel:
         rng = np.random.default_rng(0)
         factor = min(DETAIL_LABELS)  # the cheaper path; the other is scaled by its pixel count
 
-        def seconds(fn, side: int) -> float:
+        def seconds(fn, side: int, repeats: int = 2) -> float:
+            """The fastest of ``repeats`` runs: on a shared machine another process's burst of work would otherwise
+            inflate the slope below (a 1 s pause in the 192 px run reads as 36 s more per megapixel), and with it
+            every estimate and the queue's size."""
             image = PIL.Image.fromarray((rng.random((side, side, 3)) * 255).astype(np.uint8))
-            start = time.perf_counter()
-            fn(image)
-            return time.perf_counter() - start
+            best = math.inf
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn(image)
+                best = min(best, time.perf_counter() - start)
+            return best
 
         try:
             run = lambda image: pipe(image, timestep="auto", upscale_factor=factor)  # noqa: E731
-            seconds(run, 64)  # warm-up (allocations, kernel selection): not used
+            seconds(run, 64, repeats=1)  # warm-up (allocations, kernel selection): not used
             small, large = (96, seconds(run, 96)), (192, seconds(run, 192))
             # The kernel grid: a fixed number of crops of at most 96 px, so a constant for photos of that size.
             grid = seconds(lambda image: sample_kernels(pipe, image), 192) if HAS_KERNELS else 0.0
@@ -334,6 +343,84 @@ class SpeedModel:
 
 SPEED = SpeedModel.measure()
 logger.info("speed: %.2f s + %s s per MP (%s)", SPEED.base, SPEED.per_megapixel, SPEED.source)
+
+
+# ---------------------------------------------------------------------------------------------------- the queue
+# Why these limits:
+# - One deblur at a time (FIDEDIFF_CONCURRENCY, default 1). On ZeroGPU each call gets one GPU slice, and two jobs
+#   on one GPU only slow each other down (and double the peak memory: 11.5 GiB for 1280x720 at d = 4). On a CPU
+#   Space (2 cores on the free tier) torch already spreads one image over every core, so a second job at once
+#   would halve the speed of both and finish neither sooner.
+# - A bounded queue: a visitor who would wait longer than they are willing to is told at once that the Space is
+#   busy (Gradio's "Queue is full" / "This application is currently busy") instead of waiting for many minutes.
+#   The queue holds as many waiting deblurs as the last in line can wait for: max_size = target wait
+#   (FIDEDIFF_QUEUE_WAIT_S, default 120 s) x concurrency / seconds per deblur of a 1280x720 photo (a GoPro frame,
+#   about 1 MP) at the default detail setting. The seconds come from SPEED: measured at start-up on a CPU or a
+#   local GPU (the bundled tiny model on this project's 2-core CPU: 19 s when the machine was quiet, so 6 places;
+#   80-240 s while other jobs shared its cores, so 1; see benchmarks/README.md); on ZeroGPU, where nothing can be
+#   measured before a call, from the H100 benchmark (0.9 s for the pipeline, 1.8 s with the kernel grid) x 2.2 for
+#   the slice + 4 s of set-up: about 8 s, so 14 places. Gradio bounds the queue by count, not by work: larger
+#   photos take longer than the reference, so the bound holds for typical photos, not for a queue of 4 MP ones.
+# - At most 50 places whatever the speed (uploads wait on the server's disk while queued), at least 1.
+QUEUE_REFERENCE_SIZE = (1280, 720)
+QUEUE_TARGET_WAIT_S = 120.0
+QUEUE_MAX_SIZE_LIMITS = (1, 50)
+
+
+def _env_number(env, name: str, default, kind=int, minimum=1):
+    value = env.get(name)
+    if value is None or not str(value).strip():
+        return default
+    try:
+        number = kind(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or not number >= minimum:  # also refuses NaN
+        raise SystemExit(f"FideDiff demo: {name} must be a number >= {minimum}; got {value!r}.")
+    return number
+
+
+def queue_settings(seconds_per_deblur: float, env=None) -> dict:
+    """The queue limits for a deblur of ``seconds_per_deblur`` (the reference photo), from the environment.
+
+    Example:
+        >>> queue_settings(8.3, env={})["max_size"]  # ZeroGPU: about 8 s per 1280x720 photo
+        14
+        >>> queue_settings(20.0, env={"FIDEDIFF_QUEUE_WAIT_S": "300"})["max_size"]
+        15
+        >>> queue_settings(20.0, env={"FIDEDIFF_QUEUE_MAX_SIZE": "4"})["max_size"]
+        4
+    """
+    env = os.environ if env is None else env
+    concurrency = _env_number(env, "FIDEDIFF_CONCURRENCY", 1)
+    target = _env_number(env, "FIDEDIFF_QUEUE_WAIT_S", QUEUE_TARGET_WAIT_S, kind=float, minimum=0)
+    seconds = max(float(seconds_per_deblur), 1e-3)
+    explicit = _env_number(env, "FIDEDIFF_QUEUE_MAX_SIZE", None)
+    if explicit is not None:
+        max_size, source = explicit, "FIDEDIFF_QUEUE_MAX_SIZE"
+    else:
+        low, high = QUEUE_MAX_SIZE_LIMITS
+        max_size = min(high, max(low, math.floor(target * concurrency / seconds)))
+        width, height = QUEUE_REFERENCE_SIZE
+        source = f"{target:g} s target wait / {seconds:.1f} s per {width}x{height} photo"
+    return {
+        "concurrency": concurrency,
+        "max_size": max_size,
+        "target_wait_s": target,
+        "seconds_per_deblur": round(seconds, 2),
+        "reference_size": list(QUEUE_REFERENCE_SIZE),
+        # The last in a full queue has the running deblurs and the other waiting ones ahead of it: its own run
+        # starts after this long at most (with reference photos).
+        "last_in_line_wait_s": round(math.ceil((concurrency + max_size - 1) / concurrency) * seconds, 1),
+        "source": source,
+    }
+
+
+QUEUE = {**queue_settings(SPEED.estimate(*QUEUE_REFERENCE_SIZE, DEFAULT_UPSCALE)), "speed_source": SPEED.source}
+# One line in the Space's log (benchmarks/space_load.py reads it): what the queue was set to and why.
+print("FideDiff queue settings: " + json.dumps({**QUEUE, "upscale_factor": DEFAULT_UPSCALE, "device": DEVICE,
+                                                 "zerogpu": ON_ZEROGPU, "torch_threads": torch.get_num_threads()}),
+      flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -743,9 +830,10 @@ def build_demo() -> gr.Blocks:
         detail.change(update_estimate, [image, detail], estimate, api_visibility="private", concurrency_limit=None,
                       show_progress="hidden")
         blur_mode.change(lambda mode: gr.Slider(interactive=mode == MANUAL), blur_mode, timestep, api_visibility="private")
-        run.click(deblur, inputs, outputs, api_name="deblur")
-    # One inference at a time per worker (a GPU slice or a laptop); a bounded queue refuses instead of piling up.
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+        run.click(deblur, inputs, outputs, api_name="deblur", concurrency_limit=QUEUE["concurrency"])
+    # The limits and why: see QUEUE above. (A lazily cached example runs `deblur` once, in its own queue: sharing the
+    # deblur queue would make every later visitor of a cached example wait behind the deblurs for a stored result.)
+    demo.queue(max_size=QUEUE["max_size"], default_concurrency_limit=QUEUE["concurrency"])
     return demo
 
 

@@ -492,3 +492,31 @@ def test_kernel_picture_has_a_legend():
     line = np.zeros((9, 9), np.float32)
     line[2:7, 4] = 0.2
     assert float(kernel_lengths(line)) == pytest.approx(5.0) and float(kernel_lengths(kernels[0, 0])) == 1.0
+
+
+def test_queue_limits_for_one_gpu_and_a_cpu(app_module):
+    """One deblur at a time; the queue holds what the last in line can wait for (120 s by default) at the speed of
+    this hardware, overridable by FIDEDIFF_* variables; the demo uses what `queue_settings` chose."""
+    settings = app_module.queue_settings
+    # ZeroGPU: the H100 benchmark figures x 2.2 for the slice + 4 s of set-up, for a 1280x720 photo at d = 4.
+    zerogpu = app_module.SpeedModel(4.0, {2: 2.1 * 2.2, 1: 0.75 * 2.2}, "ZeroGPU benchmark figures")
+    gpu = settings(zerogpu.estimate(1280, 720, 2), env={})
+    assert gpu["concurrency"] == 1 and gpu["max_size"] == 14 and gpu["last_in_line_wait_s"] <= 120
+    # A 2-core CPU Space: about 19 s per 1280x720 photo with the bundled tiny model.
+    cpu = settings(19.1, env={})
+    assert cpu["concurrency"] == 1 and cpu["max_size"] == 6 and cpu["last_in_line_wait_s"] <= 120
+    assert settings(600.0, env={})["max_size"] == 1 and settings(0.01, env={})["max_size"] == 50  # the bounds
+    # Overrides: a longer wait, two at once (several ZeroGPU slices), or the size itself.
+    assert settings(19.1, env={"FIDEDIFF_QUEUE_WAIT_S": "300"})["max_size"] == 15
+    assert settings(8.0, env={"FIDEDIFF_CONCURRENCY": "2"})["max_size"] == 30
+    explicit = settings(19.1, env={"FIDEDIFF_QUEUE_MAX_SIZE": "3"})
+    assert explicit["max_size"] == 3 and explicit["source"] == "FIDEDIFF_QUEUE_MAX_SIZE"
+    bad = (("FIDEDIFF_CONCURRENCY", "0"), ("FIDEDIFF_QUEUE_MAX_SIZE", "many"), ("FIDEDIFF_QUEUE_WAIT_S", "-1"))
+    for name, value in bad:
+        with pytest.raises(SystemExit, match=name):
+            settings(19.1, env={name: value})
+    # The running demo: its queue and the deblur event use these limits; the cheap upload checks are not limited.
+    queue, chosen = app_module.demo._queue, app_module.QUEUE
+    assert queue.max_size == chosen["max_size"] and queue.default_concurrency_limit == chosen["concurrency"] == 1
+    limits = {fn.name: fn.concurrency_limit for fn in app_module.demo.fns.values()}
+    assert limits["deblur"] == 1 and limits["check_upload"] is None and limits["update_estimate"] is None
