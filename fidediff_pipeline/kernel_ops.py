@@ -61,6 +61,26 @@ def apply_per_pixel_kernels(image: torch.Tensor, kernels: torch.Tensor) -> torch
     return torch.einsum("bckhw,bkhw->bchw", patches, kernels.to(patches.dtype))
 
 
+def expand_kernel_map(kernels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Spread a coarse kernel map (one kernel per ``s x s`` block, a Kernel ControlNet with ``kernel_stride = s``)
+    to every pixel of an ``height x width`` image: each block's pixels get its kernel. A per-pixel map of that size
+    is returned as is.
+
+    Example:
+        >>> coarse = identity_kernels(1, 3, 2, 3)
+        >>> expand_kernel_map(coarse, 7, 10).shape
+        torch.Size([1, 9, 7, 10])
+    """
+    h, w = kernels.shape[-2:]
+    if (h, w) == (height, width):
+        return kernels
+    stride = -(-height // h)
+    if stride < 1 or -(-height // stride) != h or -(-width // stride) != w:
+        raise ValueError(f"a kernel map of {h}x{w} is not a block grid of a {height}x{width} image")
+    expanded = kernels.repeat_interleave(stride, dim=-2).repeat_interleave(stride, dim=-1)
+    return expanded[..., :height, :width]
+
+
 def global_kernel_to_map(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Broadcast one ``[m, m]`` (or ``[B, m, m]``) kernel to a per-pixel map ``[B, m*m, H, W]``."""
     if kernel.ndim == 2:

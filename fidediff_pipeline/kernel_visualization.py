@@ -110,8 +110,9 @@ def sample_kernels(pipe, image, grid: tuple[int, int] | None = None, crop: int =
     picked, timesteps = [], []
     for start in range(0, len(windows), batch_size):
         batch = torch.stack(windows[start:start + batch_size]).to(device=device, dtype=dtype)
-        kernels = kcn.kernel_estimator(batch)  # [b, m*m, crop_h, crop_w]
-        dy, dx = (torch.tensor(v, device=device) for v in zip(*offsets[start:start + batch_size]))
+        kernels = kcn.kernel_estimator(batch)  # [b, m*m, crop_h / s, crop_w / s] (s: the model's kernel_stride)
+        stride = getattr(kcn, "kernel_stride", 1)
+        dy, dx = (torch.tensor(v, device=device) // stride for v in zip(*offsets[start:start + batch_size]))
         # Pick each window's kernel on the device: copying whole kernel maps to the CPU is what takes time.
         picked.append(kernels[torch.arange(len(dy), device=device), :, dy, dx].float().cpu())
         if regressor is not None:

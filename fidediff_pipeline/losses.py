@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel_ops import apply_per_pixel_kernels
+from .kernel_ops import apply_per_pixel_kernels, expand_kernel_map
 
 # torchvision's ImageNet checkpoints that lpips' backbones load (torchvision.models.vgg16 / alexnet).
 LPIPS_BACKBONE_FILES = {
@@ -150,6 +150,8 @@ def reblur_loss(sharp: torch.Tensor, blurry: torch.Tensor, kernels: torch.Tensor
     ``space="linear"`` reblurs in linear light (gamma 2.2), which is how the project's data builders average
     frames; ``"srgb"`` convolves the stored values directly (the paper's plain formula).
     """
+    # A coarse map (kernel_stride > 1) gives each pixel its block's kernel.
+    kernels = expand_kernel_map(kernels, *sharp.shape[-2:])
     if space == "linear":
         from .data.camera_response import reblur_in_linear_light
 
@@ -176,6 +178,40 @@ def frequency_l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Ten
     a = torch.fft.rfft2(restored.float(), norm="ortho")
     b = torch.fft.rfft2(target.float(), norm="ortho")
     return (a - b).abs().mean()
+
+
+def _kernel_moments(kernels: torch.Tensor, m: int) -> torch.Tensor:
+    """Centroid and second central moments ``[B, 5, H, W]`` (mean y, mean x, var y, var x, cov xy; in pixels) of
+    kernel maps ``[B, m*m, H, W]`` in `kernel_ops`' tap layout."""
+    r = m // 2
+    offsets = torch.arange(m, device=kernels.device, dtype=torch.float32) - r
+    dy = offsets.repeat_interleave(m).view(1, m * m, 1, 1)
+    dx = offsets.repeat(m).view(1, m * m, 1, 1)
+    k = kernels.float()
+    my, mx = (k * dy).sum(1, keepdim=True), (k * dx).sum(1, keepdim=True)
+    vy = (k * (dy - my) ** 2).sum(1, keepdim=True)
+    vx = (k * (dx - mx) ** 2).sum(1, keepdim=True)
+    cxy = (k * (dy - my) * (dx - mx)).sum(1, keepdim=True)
+    return torch.cat([my, mx, vy, vx, cxy], dim=1)
+
+
+def kernel_moment_loss(predicted: torch.Tensor, true_kernels: torch.Tensor) -> torch.Tensor:
+    """L1 between the centroid and second moments of every pixel's predicted kernel and its sample's true kernel
+    (cropped to ``m`` as in `kernel_supervision_loss`), divided by ``m // 2``.
+
+    Not in the paper. The tap-wise L1 of `kernel_supervision_loss` gives no gradient towards a thin line that
+    misses the true one by a pixel, so an estimator trained on it alone settles on one average kernel for every
+    blur; the moments (the blur's offset, length and direction) change smoothly as a kernel turns or grows.
+    """
+    m = int(round(predicted.shape[1] ** 0.5))
+    big = true_kernels.shape[-1]
+    if big < m:
+        raise ValueError(f"true kernels ({big}x{big}) are smaller than the predicted ones ({m}x{m})")
+    start = (big - m) // 2
+    crop = true_kernels[:, start: start + m, start: start + m].float()
+    crop = crop / crop.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+    target = _kernel_moments(crop.reshape(crop.shape[0], m * m, 1, 1).to(predicted.device), m)
+    return (_kernel_moments(predicted, m) - target).abs().sum(dim=1).mean() / max(m // 2, 1)
 
 
 def kernel_supervision_loss(predicted: torch.Tensor, true_kernels: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
+from .kernel_ops import expand_kernel_map
 from .modeling_kernel_controlnet import KernelControlNetModel
 from .modeling_prompt_embedding import FideDiffPromptEmbedding
 from .remote_code import write_remote_code
@@ -683,7 +684,8 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         for i in range(batch):
             kernels_np = None
             if return_kernels and kernels is not None:
-                kernels_np = kernels[i, :, :height, :width].float().cpu().numpy()
+                # A coarse map (kernel_stride > 1) is spread to every pixel: the output is per-pixel either way.
+                kernels_np = expand_kernel_map(kernels[i:i + 1], *x.shape[-2:])[0, :, :height, :width].float().cpu().numpy()
             results.append({"image": restored[i], "timestep": timesteps[i], "source": sources[i],
                             "predicted": predicted[i], "kernels": kernels_np})
         return results
@@ -730,10 +732,18 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in (y0, y1, x0, x1))
                 cy0, cx0 = max(iy0 - margin, 0), max(ix0 - margin, 0)
                 cy1, cx1 = min(iy1 + margin, x.shape[-2]), min(ix1 + margin, x.shape[-1])
-                kernels = kcn(image=x[..., cy0:cy1, cx0:cx1]).kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
+                # A coarse kernel map (kernel_stride s > 1): the crop starts on the s-pixel block grid, so its blocks
+                # are the whole image's blocks; the tile takes the blocks it touches.
+                s = kcn.kernel_stride
+                cy0, cx0 = cy0 - cy0 % s, cx0 - cx0 % s
+                crop_kernels = kcn(image=x[..., cy0:cy1, cx0:cx1]).kernels
+                kernels = crop_kernels[..., (iy0 - cy0) // s: -(-(iy1 - cy0) // s),
+                                       (ix0 - cx0) // s: -(-(ix1 - cx0) // s)]
                 if kernel_map is not None:
+                    pixel_kernels = expand_kernel_map(crop_kernels, cy1 - cy0, cx1 - cx0)
+                    pixel_kernels = pixel_kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
                     w_img = gaussian_weights(iy1 - iy0, ix1 - ix0)
-                    kernel_map[..., iy0:iy1, ix0:ix1] += kernels.float().cpu() * w_img
+                    kernel_map[..., iy0:iy1, ix0:ix1] += pixel_kernels.float().cpu() * w_img
                     kernel_weight[..., iy0:iy1, ix0:ix1] += w_img
             eps = self._predict_noise(z_tile, t, encoder_hidden_states, kernels, conditioning_scale)
             w = gaussian_weights(y1 - y0, x1 - x0, device=z_t.device)

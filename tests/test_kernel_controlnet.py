@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -69,3 +70,36 @@ def test_passed_in_kernels_skip_the_t_regressor():
               timestep=torch.tensor([200]), encoder_hidden_states=torch.zeros(1, 4, unet.config.cross_attention_dim),
               kernels=kernels)
     assert out.predicted_timestep is None and out.down_block_res_samples is not None
+
+
+def test_kernel_stride_estimates_one_kernel_per_block_and_the_pipeline_spreads_them(rgb_image):
+    """The tiny preset's coarse kernel map (kernel_stride 4): M's output is ceil(H / 4) x ceil(W / 4), F and T take
+    it as is, and the pipeline's return_kernels is still per pixel, tiled or not."""
+    from fidediff_pipeline.presets import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0, kernel_size=5)
+    kcn = pipe.kernel_controlnet
+    assert kcn.kernel_stride == 4
+    out = kcn(image=torch.rand(1, 3, 30, 42) * 2 - 1)
+    assert out.kernels.shape == (1, 25, 8, 11)
+    assert torch.allclose(out.kernels.sum(dim=1), torch.ones(1, 8, 11), atol=1e-5)
+    import PIL.Image
+
+    image = PIL.Image.fromarray(rgb_image).resize((72, 56))
+    whole = pipe(image, timestep=200, return_kernels=True, output_type="np")
+    tiled = pipe(image, timestep=200, return_kernels=True, output_type="np", tiling=True, tile_size=16, tile_overlap=4)
+    assert whole.kernels[0].shape == tiled.kernels[0].shape == (25, 56, 72)
+    # Tiles see less context than the whole image (kernels differ a little), but each is a block's kernel.
+    assert np.allclose(whole.kernels[0].sum(axis=0), 1.0, atol=1e-4)
+    assert np.abs(whole.kernels[0] - tiled.kernels[0]).mean() < 0.05
+
+
+def test_kernel_stride_is_checked_and_old_configs_default_to_per_pixel():
+    unet = build_unet("tiny")
+    with pytest.raises(ValueError, match="kernel_stride must be a power of 2 up to 4"):
+        KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_channels=(16, 32, 64), kernel_stride=3)
+    with pytest.raises(ValueError, match="kernel_stride must be a power of 2 up to 4"):
+        KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_channels=(16, 32, 64), kernel_stride=8)
+    paper = KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_channels=(16, 32, 64))
+    assert paper.kernel_stride == 1
+    assert paper(image=torch.zeros(1, 3, 20, 24)).kernels.shape == (1, 25, 20, 24)

@@ -331,15 +331,21 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
     summary_path = work / "make_tiny_summary.json"
     train_info = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    warm_start = (train_info or {}).get("init_base_from")
+    has_noct = any(name.startswith("w/o CT") for name, _ in rows)
     photos_text = ", ".join(photo_label(p) for p in HELDOUT_PHOTOS)
     picture_text = os.path.relpath(picture.resolve(), out.resolve().parent)  # a link that works from the doc
     md = [
         "# fidediff-tiny: results on held-out photos",
         "",
         "**A tiny CPU model, not the paper's.** `fidediff_pipeline/checkpoints/fidediff-tiny` is the tiny preset "
-        "(same classes as SD 2.1-base FideDiff, a few million parameters) trained from scratch on this 2-core CPU by "
+        "(same classes as SD 2.1-base FideDiff, a few million parameters) trained on this 2-core CPU by "
         "`python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn) and 16 procedural dead-leaves "
-        "images, with synthetic hand-held camera-shake blur. Its numbers say nothing about the paper's GoPro results.",
+        "images, with synthetic hand-held camera-shake blur. Its numbers say nothing about the paper's GoPro results."
+        + (f" Stage 1 of this checkpoint was warm-started (`--init_base_from {warm_start}`) from the previous "
+           "checkpoint's stage-1 UNet, trained from scratch by the same recipe for "
+           "2100 steps with self-attention; the weights that fit the current tiny UNet were kept (see 'Training run')."
+           if warm_start else ""),
         "",
         f"Evaluation (`python train/evaluate_tiny.py`): held-out photos {photos_text} (never used in training), "
         f"short side 256 px, whole images; {args.trajectories} random trajectories per photo from the project's "
@@ -360,9 +366,11 @@ def main(argv=None):
         + ", ".join(f"n={n}: {gains[n]:+.2f} dB" for n in LEVELS)
         + f"; mean {float(np.mean(list(gains.values()))):+.2f} dB. KCN minus base-only at t = 200: {kcn_vs_base:+.2f} dB.",
         "",
-        f"The \"w/o CT\" row is a separate stage-1 run with `--no_consistency` (unrelated pairs, all at t = 200) of "
-        f"{STEPS['base_noct']} steps, SHORTER than the consistency-trained base ({STEPS['base']} steps), to fit the "
-        "time budget; it shares the VAE. \"oracle\" rows use the true t of each image.",
+        (f"The \"w/o CT\" row is a separate stage-1 run with `--no_consistency` (unrelated pairs, all at t = 200) of "
+         f"{STEPS['base_noct']} steps, SHORTER than the consistency-trained base ({STEPS['base']} steps), to fit the "
+         "time budget; it shares the VAE. " if has_noct else
+         "No \"w/o CT\" ablation for this checkpoint (the `base_noct` stage was not run with the current "
+         "architecture, to fit the time budget). ") + "\"oracle\" rows use the true t of each image.",
         "",
         "t-prediction (Kernel ControlNet's regressor) on the same images: "
         + ", ".join(f"n={n}: MAE {t_mae[n]:.1f} (mean predicted {auto[n]['t_mean_predicted']:.0f}, true {(n - 1) * 20})"

@@ -4,6 +4,9 @@
     python train/make_tiny.py                # ~90 min on this 2-core CPU; writes fidediff_pipeline/checkpoints/fidediff-tiny
     python train/make_tiny.py --device cuda  # the same recipe on a GPU
     python train/make_tiny.py --steps_scale 0.01 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
+    # the bundled checkpoint: stage 1 continued from the previous run's stage-1 pipeline (see docs/tiny_results.md)
+    python train/make_tiny.py --work_dir runs/make_tiny2 --init_base_from runs/make_tiny/base/best_pipeline \
+        --steps base=1500 kernel=800 --no_ablation
 
 Steps (all deterministic given ``--seed`` and the device):
 1. training content (``<work_dir>/photos/train``): every usable sample photo that installed packages ship, short
@@ -171,7 +174,7 @@ def common_flags(args, work: Path, stage: str, steps: int, validations: int = 8)
 
 def stage_plan(args, work: Path) -> list[dict]:
     """Every training run: name, script, argv, the stages it needs and its torch threads, in priority order."""
-    s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()}
+    s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()}
     both = args.threads  # a stage that runs alone
     one = max(args.threads // args.parallel, 1)  # two stages side by side get half each
     vae = work / "vae" / "pipeline"
@@ -188,15 +191,24 @@ def stage_plan(args, work: Path) -> list[dict]:
                   "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
                   "--edge_weight", "0.5", "--fft_weight", "0.5", "--gan_weight", "0.01", "--gan_loss",
                   "non_saturating", "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
+    if args.init_base_from:
+        # Warm start: stage 1 continues from an earlier stage-1 UNet (converted by warm_start_base) at half the
+        # learning rate, so the restart does not undo what it learnt.
+        base_init = ["--init_from", str(work / "base_init"), "--learning_rate", "5e-4"]
+        base_flags_1 = [*base_flags[2:], *base_init]
+    else:
+        base_flags_1 = base_flags
     plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
-                     argv=[*common_flags(args, work, "base", s["base"]), *base_flags]))
+                     argv=[*common_flags(args, work, "base", s["base"]), *base_flags_1]))
     # Stage 2 from the VAE stage's pipeline: only M and T train, and the merge below gives stage 3 a ControlNet
-    # copied from the trained stage-1 UNet. --kernel_weight (not in the paper): the builder's true kernels.
+    # copied from the trained stage-1 UNet. --kernel_weight and --kernel_moment_weight (not in the paper): the
+    # builder's true kernels; 96 px crops give M the context of the longest blur paths (~20 px).
     plan.append(dict(name="kernel", script="train_kernel", needs=("vae",), threads=one,
                      argv=[*common_flags(args, work, "kernel", s["kernel"]), "--init_from", str(vae),
-                           "--preset", "tiny", "--kernel_size", str(KERNEL_SIZE), "--resolution", "48",
+                           "--preset", "tiny", "--kernel_size", str(KERNEL_SIZE), "--resolution", "96",
                            "--train_batch_size", "4", "--levels_per_group", "3", "--learning_rate", "1e-3",
                            "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--kernel_weight", "1.0",
+                           "--kernel_moment_weight", "1.0",
                            "--time_weight", "10"]))
     if args.ablation:
         noct = common_flags(args, work, "base_noct", s["base_noct"])
@@ -241,6 +253,33 @@ def merge_for_kcn(work: Path) -> Path:
     return out
 
 
+def warm_start_base(work: Path, source: Path) -> Path:
+    """Stage 1's starting point for ``--init_base_from``: that pipeline with its UNet converted to the tiny preset's
+    UNet config by diffusers' own partial loading (``ignore_mismatched_sizes``): every weight whose shape still fits
+    is kept, the rest (e.g. self-attention key/value projections that became prompt cross-attention) start fresh."""
+    from diffusers import UNet2DConditionModel
+
+    from fidediff_pipeline import FideDiffPipeline
+    from fidediff_pipeline.atomic_io import atomic_folder
+    from fidediff_pipeline.presets import tiny_unet_config
+
+    out = work / "base_init"
+    if (out / "model_index.json").is_file():
+        return out
+    pipe = FideDiffPipeline.from_pretrained(source)
+    if pipe.kernel_controlnet is not None:
+        pipe.register_modules(kernel_controlnet=None)
+    wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in tiny_unet_config().items()}  # config stores lists
+    overrides = {k: v for k, v in wanted.items() if pipe.unet.config.get(k) != v}
+    unet = UNet2DConditionModel.from_pretrained(Path(source) / "unet", low_cpu_mem_usage=False,
+                                                ignore_mismatched_sizes=True, **overrides)
+    pipe.register_modules(unet=unet)
+    logger.info("warm start of stage 1 from %s (UNet config changes: %s)", source, sorted(overrides))
+    with atomic_folder(out) as tmp:
+        pipe.save_pretrained(tmp)
+    return out
+
+
 def stage_done(work: Path, name: str) -> bool:
     return (work / name / "pipeline" / "model_index.json").is_file()
 
@@ -264,6 +303,8 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
     for job in plan:
         if stage_done(work, job["name"]):
             logger.info("stage %s already done: skipped", job["name"])
+    if args.only:
+        pending = [job for job in pending if job["name"] in args.only]
     while pending or running:
         for job in list(pending):
             if len(running) >= args.parallel:
@@ -271,6 +312,8 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
             if all(stage_done(work, need) for need in job["needs"]):
                 if job["name"] == "kcn":
                     merge_for_kcn(work)
+                if job["name"] == "base" and args.init_base_from:
+                    warm_start_base(work, Path(args.init_base_from))
                 running[job["name"]] = (launch(job, work, args), time.time())
                 pending.remove(job)
         if not running:
@@ -297,7 +340,8 @@ tags: [image-deblurring, motion-deblurring, fidediff, tiny, cpu, demo]
 
 A **tiny CPU demo model, not the paper's**: the FideDiff method (one-step consistency-trained diffusion deblurring
 with a Kernel ControlNet and t-prediction) at the size of the project's `tiny` preset (a few million parameters, a
-factor-2 AutoencoderTiny (TAESD architecture) with 12 latent channels), trained from scratch on a 2-core CPU by
+factor-2 AutoencoderTiny (TAESD architecture) with 12 latent channels, a UNet without self-attention and one
+blur kernel per 4x4 pixels), trained on a 2-core CPU by
 `python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn) and 16 procedural dead-leaves images
 with synthetic hand-held camera-shake blur (240 fps frames averaged, n = 5-15). Expect modest sharpening of mild
 motion blur on small photos, not the paper's quality; it exists so that the demo, the CLI and the tests run offline.
@@ -344,7 +388,19 @@ def parse_args(argv=None):
     p.add_argument("--parallel", type=int, default=2, help="stages run at the same time (1: one after another)")
     p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"],
                    help="cpu (the bundled checkpoint's recipe) or cuda (Accelerate picks the GPU)")
+    p.add_argument("--init_base_from", type=str, default=None,
+                   help="warm-start stage 1 from this pipeline's UNet (weights that fit the tiny preset's UNet)")
+    p.add_argument("--steps", nargs="+", default=[], metavar="STAGE=N",
+                   help=f"override steps of stages (before --steps_scale), e.g. base=1500; defaults: {STEPS}")
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(STEPS),
+                   help="run only these stages (their needs must be done) and skip the export")
     args = p.parse_args(argv)
+    try:
+        args.steps = {name: int(n) for name, n in (item.split("=") for item in args.steps)}
+    except ValueError:
+        p.error("--steps takes STAGE=N items, e.g. base=1500")
+    if set(args.steps) - set(STEPS):
+        p.error(f"--steps: unknown stage(s) {sorted(set(args.steps) - set(STEPS))}; stages: {sorted(STEPS)}")
     if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
         p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
     return args
@@ -366,13 +422,17 @@ def main(argv=None):
     logger.info("training content and held-out set ready (%s) in %.1f s", manifest, time.time() - t0)
 
     timings = run_plan(stage_plan(args, work), work, args)
+    if args.only:
+        logger.info("stages %s done (--only: no export)", args.only)
+        return {"stage_minutes": timings}
     export_checkpoint(stage_result(work, "kcn"), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # Minutes per stage, kept across invocations (a rerun skips finished stages).
     timings = {**previous.get("stage_minutes", {}), **timings}
     summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
-               "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in STEPS.items()},
+               "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()},
+               "init_base_from": args.init_base_from,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     summary_path.write_text(json.dumps(summary, indent=2))
     logger.info("make_tiny finished in %.1f min: %s", (time.time() - t0) / 60, json.dumps(timings))

@@ -41,12 +41,15 @@ def parse_args(argv=None):
                         help="NOT IN THE PAPER (0 = off): L1 between M's per-pixel kernels and the true kernels of "
                              "synthetic data (fidediff_pipeline.losses.kernel_supervision_loss); needs kernels in "
                              "the data (--train_images, or a manifest from `fidediff data synth`)")
+    parser.add_argument("--kernel_moment_weight", type=float, default=0.0,
+                        help="NOT IN THE PAPER (0 = off): L1 between the centroid and second moments (offset, length, "
+                             "direction) of M's kernels and the true kernels (fidediff_pipeline.losses.kernel_moment_loss)")
     parser.set_defaults(learning_rate=1e-4, levels_per_group=3)
     args = parser.parse_args(argv)
     if not args.init_from:
         parser.error("--init_from <stage-1 pipeline folder> is required")
-    if args.kernel_weight < 0 or args.time_weight < 0:
-        parser.error("--kernel_weight and --time_weight must be >= 0")
+    if min(args.kernel_weight, args.time_weight, args.kernel_moment_weight) < 0:
+        parser.error("--kernel_weight, --kernel_moment_weight and --time_weight must be >= 0")
     if args.kernel_size is not None and (args.kernel_size < 1 or args.kernel_size % 2 == 0):
         parser.error(f"--kernel_size must be odd and >= 1; got {args.kernel_size}")
     return args
@@ -56,11 +59,12 @@ class KernelStageModel(nn.Module):
     """M alone: ``forward(batch)`` returns the reblur loss."""
 
     def __init__(self, kernel_estimator, reblur_space: str, timestep_regressor=None, time_weight: float = 0.0,
-                 kernel_weight: float = 0.0):
+                 kernel_weight: float = 0.0, kernel_moment_weight: float = 0.0):
         super().__init__()
         self.kernel_estimator = kernel_estimator
         self.timestep_regressor = timestep_regressor if time_weight > 0 else None
         self.reblur_space, self.time_weight, self.kernel_weight = reblur_space, time_weight, kernel_weight
+        self.kernel_moment_weight = kernel_moment_weight
 
     def forward(self, batch: dict) -> dict:
         from fidediff_pipeline.losses import reblur_loss
@@ -77,6 +81,12 @@ class KernelStageModel(nn.Module):
             k_loss = kernel_supervision_loss(kernels, batch["kernels"])
             loss = loss + self.kernel_weight * k_loss
             logs["kernel_l1"] = k_loss.detach()
+        if self.kernel_moment_weight > 0:
+            from fidediff_pipeline.losses import kernel_moment_loss
+
+            moment_loss = kernel_moment_loss(kernels, batch["kernels"])
+            loss = loss + self.kernel_moment_weight * moment_loss
+            logs["kernel_moments"] = moment_loss.detach()
         if self.timestep_regressor is not None:
             from fidediff_pipeline.losses import time_regression_loss
 
@@ -102,8 +112,8 @@ class KernelStage(common.Stage):
         if args.time_weight > 0:
             kcn.timestep_regressor.requires_grad_(True).train()
         self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight,
-                                      args.kernel_weight)
-        self.with_kernels = args.kernel_weight > 0
+                                      args.kernel_weight, args.kernel_moment_weight)
+        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0
 
     @torch.no_grad()
     def validate(self, pairs, args, step, accelerator) -> dict:
