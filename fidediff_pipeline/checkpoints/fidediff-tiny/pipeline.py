@@ -16,11 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, convert_unet_state_dict_to_peft
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
+from .kernel_ops import expand_kernel_map
 from .modeling_kernel_controlnet import KernelControlNetModel
 from .modeling_prompt_embedding import FideDiffPromptEmbedding
 from .remote_code import write_remote_code
@@ -85,7 +89,7 @@ def _drop_derived_vae_config(config_path: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-class FideDiffPipeline(DiffusionPipeline):
+class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     r"""
     One-step motion deblurring with FideDiff (blur level as the diffusion timestep, a consistency-trained UNet and
     an optional Kernel ControlNet).
@@ -105,6 +109,9 @@ class FideDiffPipeline(DiffusionPipeline):
             (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 2, sets 1).
         color_fix_sigma (`float`, *optional*): when set (by a model trained with it), the output's lowest
             frequencies are taken from the blurry input (`training_utils.low_frequency_transfer`).
+
+    The pipeline also inherits diffusers' UNet LoRA methods (needs ``peft``): `load_lora_weights`, `fuse_lora`,
+    `unfuse_lora`, `unload_lora_weights`, `save_lora_weights`, `set_adapters` (see `load_lora_weights`).
     """
 
     # The models in the order of their last call for a batch: prompt embedding, (VAE encoder,) Kernel ControlNet
@@ -277,6 +284,186 @@ class FideDiffPipeline(DiffusionPipeline):
         embedding = embedding.to(dtype=unet.dtype)
         kcn = KernelControlNetModel.from_unet(unet, kernel_size=kernel_size) if with_kernel_controlnet else None
         return cls(vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=embedding, kernel_controlnet=kcn)
+
+    # ------------------------------------------------------------------ LoRA
+    # diffusers' StableDiffusionLoraLoaderMixin does the work (file format, Kohya conversion, peft injection, fusing,
+    # adapters, hotswap); FideDiff only narrows it to the UNet: it has no text encoder (the learned prompt embedding
+    # replaces it), and the mixin's own load_lora_weights / fuse_lora would otherwise look for one.
+    _lora_loadable_modules = ["unet"]
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | os.PathLike | dict[str, torch.Tensor],
+        adapter_name: str | None = None,
+        hotswap: bool = False,
+        **kwargs,
+    ):
+        r"""
+        Load a UNet LoRA in diffusers' format (a file written by `save_lora_weights`, by `train/train_base.py`, or any
+        Stable Diffusion 2.1-base UNet LoRA, Kohya files included) into `self.unet`.
+
+        This is [`~loaders.StableDiffusionLoraLoaderMixin.load_lora_weights`] without the text-encoder part: the
+        arguments are the same (``weight_name``, ``subfolder``, ``adapter_name``, ``hotswap``, ``low_cpu_mem_usage``,
+        Hub arguments), and so are `fuse_lora`, `unfuse_lora`, `unload_lora_weights`, `set_adapters`,
+        `disable_lora` and `delete_adapters`. Differences, all because FideDiff has no text encoder and reads
+        safetensors only: text-encoder weights in the file are ignored with a warning; a file with no UNet weights
+        raises a ``ValueError`` (diffusers only warns, and the pipeline would silently run without the LoRA); pickled
+        ``.bin`` files are not read unless ``use_safetensors=False`` is passed.
+
+        Examples:
+            ```py
+            >>> import torch
+            >>> from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+            >>> from fidediff_pipeline import FideDiffPipeline, FideDiffPromptEmbedding, KernelControlNetModel
+
+            >>> # A Hub repo with a stage-1 LoRA, the learned embedding and a Kernel ControlNet, on top of SD 2.1-base
+            >>> base, repo = "stabilityai/stable-diffusion-2-1-base", "user/fidediff-lora"
+            >>> pipe = FideDiffPipeline(
+            ...     vae=AutoencoderKL.from_pretrained(base, subfolder="vae"),
+            ...     unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
+            ...     scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+            ...     prompt_embedding=FideDiffPromptEmbedding.from_pretrained(repo, subfolder="prompt_embedding"),
+            ...     kernel_controlnet=KernelControlNetModel.from_pretrained(repo, subfolder="kernel_controlnet"),
+            ... )
+            >>> pipe.load_lora_weights(repo)  # pytorch_lora_weights.safetensors
+            >>> pipe.fuse_lora()  # optional: same output, no LoRA overhead per call
+            ```
+        """
+        # Safetensors only by default, as everywhere in this package; diffusers would fall back to torch.load.
+        kwargs.setdefault("use_safetensors", True)
+        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", _LOW_CPU_MEM_USAGE_DEFAULT_LORA)
+        if isinstance(pretrained_model_name_or_path_or_dict, dict):  # copy: diffusers pops keys from it
+            pretrained_model_name_or_path_or_dict = pretrained_model_name_or_path_or_dict.copy()
+        source = pretrained_model_name_or_path_or_dict
+        source_name = "the state dict" if isinstance(source, dict) else repr(str(source))
+        kwargs["return_lora_metadata"] = True
+        try:
+            state_dict, network_alphas, metadata = self.lora_state_dict(source, **kwargs)
+        except SafetensorError as err:
+            raise ValueError(f"{source_name} holds no readable LoRA safetensors file ({err})") from err
+        except (OSError, ValueError) as err:
+            if isinstance(source, dict) or Path(os.path.expanduser(str(source))).exists():
+                raise  # diffusers' own message names the missing file in the folder
+            # Not on disk, so diffusers asked the Hub; offline its message ("you must specify a `weight_name`")
+            # does not say that the path was not found.
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise ValueError(
+                f"could not load a LoRA from {source_name}: it is not a local file or folder, and the Hugging Face "
+                f"Hub could not provide it ({reason})"
+            ) from err
+        if not state_dict:
+            raise ValueError(f"{source_name} is not a LoRA checkpoint: it holds no parameters")
+        not_lora = [key for key in state_dict if "lora" not in key]
+        if not_lora:
+            raise ValueError(
+                f"{source_name} is not a LoRA checkpoint: {len(not_lora)} of its {len(state_dict)} parameter names lack 'lora' "
+                f"(e.g. {not_lora[0]!r}); for a full model use from_pretrained or from_stable_diffusion"
+            )
+        if any(".lora_A." in key for key in state_dict) and any(".lora.down." in key for key in state_dict):
+            # Both namings in one file (convert_state_dict_to_diffusers renames only attention projections, e.g. a
+            # UNet LoRA with conv targets from diffusers' SD/SDXL scripts): diffusers' loader picks one naming from
+            # the first key and silently drops the other half (huggingface/diffusers#14548). diffusers' own
+            # converter maps the old names and leaves peft's untouched.
+            state_dict = convert_unet_state_dict_to_peft(state_dict)
+        prefix = f"{self.unet_name}."
+        ignored = sorted({key.split(".", 1)[0] for key in state_dict if not key.startswith(prefix)})
+        if not any(key.startswith(prefix) for key in state_dict):
+            raise ValueError(
+                f"{source_name} has no UNet LoRA weights (no parameter name starts with {prefix!r}; found "
+                f"{ignored}); FideDiff can only load a UNet LoRA"
+            )
+        if ignored:
+            logger.warning("LoRA weights for %s ignored: FideDiff has no text encoder (its learned embedding "
+                           "replaces it), only the UNet part is loaded", ", ".join(ignored))
+        try:
+            self.load_lora_into_unet(
+                state_dict,
+                network_alphas=network_alphas,
+                unet=self.unet,
+                adapter_name=adapter_name,
+                metadata=metadata,
+                _pipeline=self,
+                low_cpu_mem_usage=low_cpu_mem_usage,
+                hotswap=hotswap,
+            )
+        except RuntimeError as err:  # diffusers has already removed the half-loaded adapter
+            mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            if not mismatches:
+                raise
+            raise ValueError(
+                f"the LoRA in {source_name} was made for a UNet of other shapes ({len(mismatches)} tensors differ, "
+                f"e.g. {mismatches[0]}); load it onto the UNet it was trained on (FideDiff's stage-1 LoRAs: the "
+                f"Stable Diffusion 2.1-base UNet, or the --init_from / --preset model they were trained from)"
+            ) from None
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        unet_lora_layers: dict[str, torch.Tensor] | None = None,
+        is_main_process: bool = True,
+        weight_name: str | None = None,
+        save_function=None,
+        safe_serialization: bool = True,
+        unet_lora_adapter_metadata: dict | None = None,
+    ):
+        r"""
+        Save a UNet LoRA as ``pytorch_lora_weights.safetensors`` in diffusers' format
+        ([`~loaders.StableDiffusionLoraLoaderMixin.save_lora_weights`] without text-encoder layers).
+
+        Pass ``unet_lora_adapter_metadata`` (the adapter's `LoraConfig` as a dict) whenever ``lora_alpha`` differs
+        from the rank or the targets matter: without it, `load_lora_weights` infers the config from the weights and
+        takes ``lora_alpha = rank``.
+
+        Examples:
+            ```py
+            >>> from diffusers.utils import convert_state_dict_to_diffusers
+            >>> from peft.utils import get_peft_model_state_dict
+
+            >>> # pipe.unet carries a peft adapter named "default" (unet.add_adapter(LoraConfig(...)) and training)
+            >>> FideDiffPipeline.save_lora_weights(
+            ...     "my_lora",
+            ...     unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+            ...     unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+            ... )
+            ```
+        """
+        super().save_lora_weights(
+            save_directory,
+            unet_lora_layers=unet_lora_layers,
+            is_main_process=is_main_process,
+            weight_name=weight_name,
+            save_function=save_function,
+            safe_serialization=safe_serialization,
+            unet_lora_adapter_metadata=unet_lora_adapter_metadata,
+        )
+
+    def fuse_lora(
+        self,
+        components: list[str] = ["unet"],  # noqa: B006 - diffusers' signature
+        lora_scale: float = 1.0,
+        safe_fusing: bool = False,
+        adapter_names: list[str] | None = None,
+        **kwargs,
+    ):
+        r"""
+        Fuse the loaded LoRA into the UNet's weights ([`~loaders.LoraBaseMixin.fuse_lora`]; only ``"unet"`` is a
+        component here). `unfuse_lora` undoes it; `unload_lora_weights` after fusing keeps the fused weights.
+
+        Examples:
+            ```py
+            >>> pipe.load_lora_weights("runs/base/pipeline/lora")
+            >>> pipe.fuse_lora(lora_scale=1.0)
+            >>> pipe.unload_lora_weights()  # a plain UNet with the LoRA baked in, e.g. to save_pretrained
+            ```
+        """
+        super().fuse_lora(
+            components=components, lora_scale=lora_scale, safe_fusing=safe_fusing, adapter_names=adapter_names, **kwargs
+        )
+
+    def unfuse_lora(self, components: list[str] = ["unet"], **kwargs):  # noqa: B006 - diffusers' signature
+        r"""Undo `fuse_lora`: the UNet's own weights come back, the LoRA stays loaded (unfused)."""
+        super().unfuse_lora(components=components, **kwargs)
 
     # ------------------------------------------------------------------ inference
     def _validate_timesteps(self, timestep, batch_size: int) -> list[int | None]:
@@ -497,7 +684,8 @@ class FideDiffPipeline(DiffusionPipeline):
         for i in range(batch):
             kernels_np = None
             if return_kernels and kernels is not None:
-                kernels_np = kernels[i, :, :height, :width].float().cpu().numpy()
+                # A coarse map (kernel_stride > 1) is spread to every pixel: the output is per-pixel either way.
+                kernels_np = expand_kernel_map(kernels[i:i + 1], *x.shape[-2:])[0, :, :height, :width].float().cpu().numpy()
             results.append({"image": restored[i], "timestep": timesteps[i], "source": sources[i],
                             "predicted": predicted[i], "kernels": kernels_np})
         return results
@@ -544,10 +732,18 @@ class FideDiffPipeline(DiffusionPipeline):
                 iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in (y0, y1, x0, x1))
                 cy0, cx0 = max(iy0 - margin, 0), max(ix0 - margin, 0)
                 cy1, cx1 = min(iy1 + margin, x.shape[-2]), min(ix1 + margin, x.shape[-1])
-                kernels = kcn(image=x[..., cy0:cy1, cx0:cx1]).kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
+                # A coarse kernel map (kernel_stride s > 1): the crop starts on the s-pixel block grid, so its blocks
+                # are the whole image's blocks; the tile takes the blocks it touches.
+                s = kcn.kernel_stride
+                cy0, cx0 = cy0 - cy0 % s, cx0 - cx0 % s
+                crop_kernels = kcn(image=x[..., cy0:cy1, cx0:cx1]).kernels
+                kernels = crop_kernels[..., (iy0 - cy0) // s: -(-(iy1 - cy0) // s),
+                                       (ix0 - cx0) // s: -(-(ix1 - cx0) // s)]
                 if kernel_map is not None:
+                    pixel_kernels = expand_kernel_map(crop_kernels, cy1 - cy0, cx1 - cx0)
+                    pixel_kernels = pixel_kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
                     w_img = gaussian_weights(iy1 - iy0, ix1 - ix0)
-                    kernel_map[..., iy0:iy1, ix0:ix1] += kernels.float().cpu() * w_img
+                    kernel_map[..., iy0:iy1, ix0:ix1] += pixel_kernels.float().cpu() * w_img
                     kernel_weight[..., iy0:iy1, ix0:ix1] += w_img
             eps = self._predict_noise(z_tile, t, encoder_hidden_states, kernels, conditioning_scale)
             w = gaussian_weights(y1 - y0, x1 - x0, device=z_t.device)

@@ -21,8 +21,10 @@ class KernelControlNetOutput(BaseOutput):
     Output of [`KernelControlNetModel`].
 
     Args:
-        kernels (`torch.Tensor` of shape `[B, m*m, H, W]`): per-pixel blur kernels in image space (non-negative,
-            each pixel's kernel sums to 1), in the convention of `fidediff_pipeline.kernel_ops`.
+        kernels (`torch.Tensor` of shape `[B, m*m, H / s, W / s]`): blur kernels in image space (non-negative,
+            each sums to 1), in the convention of `fidediff_pipeline.kernel_ops`, one per pixel (``s = 1``, the
+            paper's) or one per ``s x s`` block of pixels with the model's ``kernel_stride = s`` (rounded up;
+            `fidediff_pipeline.kernel_ops.expand_kernel_map` spreads them back to every pixel).
         predicted_timestep (`torch.Tensor` of shape `[B]`, or `None`): the t-regressor's blur level, in diffusion
             timesteps; `None` when the caller passed precomputed ``kernels`` (it already has their estimate).
         down_block_res_samples (`tuple` of `torch.Tensor`, or `None`): ControlNet residuals for the UNet's down blocks.
@@ -48,7 +50,7 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
-                                   num_train_timesteps) -> None:
+                                   num_train_timesteps, kernel_stride: int = 1) -> None:
     """Refuse a configuration that cannot be built, in one line that names the setting (not deep in GroupNorm).
 
     The kernel estimator normalises each level and each skip join (two neighbouring levels concatenated) with
@@ -76,6 +78,11 @@ def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_ch
     for name, value in (("regressor_channels", regressor_channels), ("kernel_embedding_channels",
                         kernel_embedding_channels), ("num_train_timesteps", num_train_timesteps)):
         _check_positive_int(name, value)
+    _check_positive_int("kernel_stride", kernel_stride)
+    coarsest = 2 ** (len(channels) - 1)
+    if kernel_stride & (kernel_stride - 1) or kernel_stride > coarsest:
+        raise ValueError(f"kernel_stride must be a power of 2 up to {coarsest} (the estimator's coarsest level with "
+                         f"estimator_channels={channels}); got {kernel_stride}")
 
 
 class _ResBlock(nn.Module):
@@ -98,11 +105,16 @@ class KernelEstimator(nn.Module):
 
     The kernels go through a softmax over the ``m*m`` taps, so they are non-negative and sum to 1. The output
     layer starts as a near-identity kernel (a strong bias on the centre tap) so that early training is stable.
+    With ``output_stride = s > 1`` the decoder stops ``log2(s)`` levels early: one kernel per ``s x s`` block
+    (blur varies slowly over a photo; the ``m*m``-channel maps at full resolution cost more than the rest of M).
     """
 
-    def __init__(self, kernel_size: int, block_channels: tuple[int, ...] = (32, 64, 128), in_channels: int = 3):
+    def __init__(self, kernel_size: int, block_channels: tuple[int, ...] = (32, 64, 128), in_channels: int = 3,
+                 output_stride: int = 1):
         super().__init__()
         self.kernel_size = kernel_size
+        self.output_stride = output_stride
+        out_level = output_stride.bit_length() - 1
         self.conv_in = nn.Conv2d(in_channels, block_channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
@@ -113,10 +125,14 @@ class KernelEstimator(nn.Module):
             self.downsamplers.append(nn.Identity() if is_last else nn.Conv2d(ch, ch, 3, stride=2, padding=1))
         self.mid_block = _ResBlock(block_channels[-1], block_channels[-1])
         self.up_blocks = nn.ModuleList()
-        for i in reversed(range(len(block_channels) - 1)):
+        for i in reversed(range(out_level, len(block_channels) - 1)):
             self.up_blocks.append(_ResBlock(block_channels[i + 1] + block_channels[i], block_channels[i]))
-        self.norm_out = _group_norm(block_channels[0])
-        self.conv_out = nn.Conv2d(block_channels[0], kernel_size * kernel_size, 3, padding=1)
+        self.norm_out = _group_norm(block_channels[out_level])
+        # 1x1 at a coarse output: each position already sees ~100 px, and a 3x3 conv into m*m channels would be
+        # most of M's cost.
+        out_kernel = 3 if output_stride == 1 else 1
+        self.conv_out = nn.Conv2d(block_channels[out_level], kernel_size * kernel_size, out_kernel,
+                                  padding=out_kernel // 2)
         nn.init.normal_(self.conv_out.weight, std=1e-3)
         with torch.no_grad():
             self.conv_out.bias.zero_()
@@ -124,7 +140,7 @@ class KernelEstimator(nn.Module):
         self.downscale = 2 ** (len(block_channels) - 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``image`` ``[B, 3, H, W]`` in ``[-1, 1]`` -> kernels ``[B, m*m, H, W]``."""
+        """``image`` ``[B, 3, H, W]`` in ``[-1, 1]`` -> kernels ``[B, m*m, ceil(H / s), ceil(W / s)]``."""
         h, w = image.shape[-2:]
         pad_h, pad_w = (-h) % self.downscale, (-w) % self.downscale
         x = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else image
@@ -140,7 +156,8 @@ class KernelEstimator(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = block(torch.cat([x, skip], dim=1))
-        logits = self.conv_out(F.silu(self.norm_out(x)))[..., :h, :w]
+        s = self.output_stride
+        logits = self.conv_out(F.silu(self.norm_out(x)))[..., : -(-h // s), : -(-w // s)]
         return torch.softmax(logits.float(), dim=1).to(image.dtype)
 
 
@@ -178,14 +195,17 @@ class KernelFilterModule(nn.Module):
     adds it to ``z_in1`` (its conditioning path), which makes ``z_out``.
     """
 
-    def __init__(self, kernel_channels: int, latent_feature_channels: int, embedding_channels: int = 64):
+    def __init__(self, kernel_channels: int, latent_feature_channels: int, embedding_channels: int = 64,
+                 kernel_stride: int = 1):
         super().__init__()
+        # Two 2x reductions for a per-pixel map (s = 1); a coarser map (s = 2, 4) is already that small.
+        stride_1, stride_2 = (2 if kernel_stride < 4 else 1), (2 if kernel_stride < 2 else 1)
         self.kernel_embedding = nn.Sequential(
             nn.Conv2d(kernel_channels, embedding_channels, 3, padding=1),
             nn.SiLU(),
-            nn.Conv2d(embedding_channels, embedding_channels, 3, stride=2, padding=1),
+            nn.Conv2d(embedding_channels, embedding_channels, 3, stride=stride_1, padding=1),
             nn.SiLU(),
-            nn.Conv2d(embedding_channels, embedding_channels, 3, stride=2, padding=1),
+            nn.Conv2d(embedding_channels, embedding_channels, 3, stride=stride_2, padding=1),
             nn.SiLU(),
             nn.Conv2d(embedding_channels, latent_feature_channels, 3, padding=1),
         )
@@ -228,6 +248,9 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         regressor_channels (`int`): hidden width of ``T``.
         kernel_embedding_channels (`int`): hidden width of ``F``'s kernel embedding.
         num_train_timesteps (`int`): range of ``T``'s output.
+        kernel_stride (`int`): 1 (the paper's, one kernel per pixel) or a power of 2 ``s``: one kernel per
+            ``s x s`` block, estimated at ``M``'s level ``log2(s)`` (the tiny preset's 4: the full-resolution
+            ``m*m`` maps were most of a CPU's time).
 
     Example:
         >>> from diffusers import UNet2DConditionModel
@@ -250,18 +273,20 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         regressor_channels: int = 64,
         kernel_embedding_channels: int = 64,
         num_train_timesteps: int = 1000,
+        kernel_stride: int = 1,
     ):
         super().__init__()
         check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
-                                       num_train_timesteps)
+                                       num_train_timesteps, kernel_stride)
         kernel_channels = kernel_size * kernel_size
         self.controlnet = ControlNetModel.from_config(controlnet_config)
         latent_feature_channels = self.controlnet.conv_in.out_channels
         # F replaces ControlNet's usual image-conditioning embedding: its output is added to conv_in(z_t) as is.
         self.controlnet.controlnet_cond_embedding = nn.Identity()
-        self.kernel_estimator = KernelEstimator(kernel_size, tuple(estimator_channels))
+        self.kernel_estimator = KernelEstimator(kernel_size, tuple(estimator_channels), output_stride=kernel_stride)
         self.timestep_regressor = TimestepRegressor(kernel_channels, regressor_channels, num_train_timesteps)
-        self.kernel_filter = KernelFilterModule(kernel_channels, latent_feature_channels, kernel_embedding_channels)
+        self.kernel_filter = KernelFilterModule(kernel_channels, latent_feature_channels, kernel_embedding_channels,
+                                                kernel_stride)
 
     @classmethod
     def from_unet(cls, unet, kernel_size: int = 9, load_weights_from_unet: bool = True, **kwargs):
@@ -283,6 +308,11 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
     @property
     def kernel_size(self) -> int:
         return self.config.kernel_size
+
+    @property
+    def kernel_stride(self) -> int:
+        """Pixels per estimated kernel along each axis (1: one per pixel; configs saved before it existed: 1)."""
+        return self.config.get("kernel_stride", 1)
 
     # attn_processors, set_attn_processor and fuse_qkv_projections come from AttentionMixin, which walks every
     # attention layer (all of them sit in the inner ControlNet); these two need the ControlNet's own logic.
@@ -313,8 +343,8 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
             sample (`torch.Tensor` `[B, C, h, w]`): the blurry latent ``z_t``; omit to only estimate kernels and t.
             timestep: the diffusion timestep used for ``sample``.
             encoder_hidden_states (`torch.Tensor`): the learned prompt embedding.
-            kernels (`torch.Tensor` `[B, m*m, H', W']`): precomputed kernels (e.g. a tile's crop); they cover the
-                same region as ``sample``.
+            kernels (`torch.Tensor` `[B, m*m, H', W']`): precomputed kernels (e.g. a tile's crop, at this model's
+                ``kernel_stride``); they cover the same region as ``sample``.
             conditioning_scale (`float`): multiplier of the residuals.
         """
         predicted_timestep = None
