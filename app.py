@@ -37,9 +37,9 @@ import PIL.Image
 import torch
 
 from fidediff_pipeline import DEFAULT_MODEL
+from fidediff_pipeline.hub.loading import default_model, load_pipeline
 from fidediff_pipeline.image_processing import read_image
 from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, kernel_lengths, sample_kernels
-from fidediff_pipeline.loading import default_model, load_pipeline
 from fidediff_pipeline.tiling import iterate_tiles
 
 logger = logging.getLogger("fidediff.app")

@@ -45,9 +45,9 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fidediff_pipeline import FideDiffPipeline  # noqa: E402
-from fidediff_pipeline.loading import resolve_dtype  # noqa: E402
+from fidediff_pipeline.hub.loading import resolve_dtype  # noqa: E402
 from fidediff_pipeline.presets import PRESETS, build_pipeline  # noqa: E402
-from fidediff_pipeline.training_utils import (  # noqa: E402
+from fidediff_pipeline.restoration import (  # noqa: E402
     low_frequency_transfer, resize_from_vae, upsample_for_vae, vae_encode_mode,
 )
 

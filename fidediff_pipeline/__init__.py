@@ -3,9 +3,8 @@
 from pathlib import Path
 
 from .kernel_ops import apply_per_pixel_kernels
-from .modeling_kernel_controlnet import KernelControlNetModel, KernelControlNetOutput
-from .modeling_prompt_embedding import FideDiffPromptEmbedding
-from .pipeline_fidediff import DEFAULT_TIMESTEP, FideDiffPipeline, FideDiffPipelineOutput
+from .models import FideDiffPromptEmbedding, KernelControlNetModel, KernelControlNetOutput
+from .pipelines import DEFAULT_TIMESTEP, FideDiffPipeline, FideDiffPipelineOutput
 
 __version__ = "0.1.0"
 

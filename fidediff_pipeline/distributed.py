@@ -85,7 +85,7 @@ def process_device(state, requested: str | None):
     ``--device auto`` and ``--device cuda`` mean this process's GPU (``cuda:<local rank>``); a fixed
     ``cuda:N`` would put every process on one GPU, so it is refused with a one-line reason.
     """
-    from .loading import resolve_device
+    from .hub.loading import resolve_device
 
     own = state.device
     if requested in (None, "auto"):

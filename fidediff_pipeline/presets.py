@@ -187,14 +187,14 @@ def build_scheduler():
 
 
 def build_prompt_embedding(preset: str, unet=None):
-    from .modeling_prompt_embedding import FideDiffPromptEmbedding
+    from .models.modeling_prompt_embedding import FideDiffPromptEmbedding
 
     dim = (unet.config.cross_attention_dim if unet is not None else _settings(preset)["unet"]()["cross_attention_dim"])
     return FideDiffPromptEmbedding(num_tokens=_settings(preset)["num_tokens"], embedding_dim=dim)
 
 
 def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None):
-    from .modeling_kernel_controlnet import KernelControlNetModel
+    from .models.modeling_kernel_controlnet import KernelControlNetModel
 
     settings = _settings(preset)
     return KernelControlNetModel.from_unet(
@@ -215,7 +215,7 @@ def build_pipeline(preset: str = "tiny", with_kernel_controlnet: bool = True, se
         >>> type(pipe).__name__, pipe.kernel_controlnet is not None
         ('FideDiffPipeline', True)
     """
-    from .pipeline_fidediff import FideDiffPipeline
+    from .pipelines.pipeline_fidediff import FideDiffPipeline
 
     _settings(preset)
     generator_state = torch.random.get_rng_state()

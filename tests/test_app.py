@@ -190,8 +190,11 @@ def test_export_space_folder_runs_on_its_own(tiny_pipeline_folder, tmp_path):
     assert main(["export-space", "--out", str(out), "--model", str(tiny_pipeline_folder)]) == 0
     for name in ("app.py", "requirements.txt", "README.md", "space_config.json", "assets/clock_motion.png",
                  "fidediff_pipeline/__init__.py", "model/model_index.json", "model/unet/config.json",
-                 "model/README.md"):
+                 "model/README.md", "model/pipeline.py", "model/kernel_controlnet/modeling_kernel_controlnet.py"):
         assert (out / name).is_file(), name
+    # model/ carries its remote code (the saved folder has weights and configs only)
+    assert "class FideDiffPipeline(" in (out / "model" / "pipeline.py").read_text()
+    assert json.loads((out / "model" / "model_index.json").read_text())["kernel_controlnet"][0] == "modeling_kernel_controlnet"
     assert not list(out.rglob("__pycache__")) and not (out / "fidediff_pipeline" / "checkpoints").exists()
     import yaml
 

@@ -78,7 +78,7 @@ def test_16_bit_colour_png_keeps_its_low_byte_where_opencv_is_installed(tmp_path
 
 
 def test_data_loaders_share_the_pixel_limit_and_the_one_line_errors(tmp_path):
-    from fidediff_pipeline import evaluation
+    from fidediff_pipeline.evaluation import runner as evaluation
     from fidediff_pipeline.data.image_io import load_rgb_uint8
 
     PIL.Image.new("RGB", (200, 100)).save(tmp_path / "big.png")

@@ -22,9 +22,10 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage import data
 
-from fidediff_pipeline import DEFAULT_MODEL, distributed, evaluation
+from fidediff_pipeline import DEFAULT_MODEL, distributed
+from fidediff_pipeline.evaluation import runner as evaluation
 from fidediff_pipeline.cli import main
-from fidediff_pipeline.eval_sets import load_eval_set
+from fidediff_pipeline.evaluation.eval_sets import load_eval_set
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 56

@@ -14,10 +14,10 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage import data
 
-from fidediff_pipeline import evaluation
-from fidediff_pipeline.eval_sets import EvalPair, load_eval_set
+from fidediff_pipeline.evaluation import runner as evaluation
+from fidediff_pipeline.evaluation.eval_sets import EvalPair, load_eval_set
 from fidediff_pipeline.evaluation import evaluate, paper_comparison_table, sweep_timesteps
-from fidediff_pipeline.metrics import as_uint8_rgb, psnr, ssim_matlab3d, ssim_skimage
+from fidediff_pipeline.evaluation.metrics import as_uint8_rgb, psnr, ssim_matlab3d, ssim_skimage
 
 SIZE = 40
 
@@ -175,7 +175,7 @@ def test_save_images_uses_input_names(tmp_path):
 
 
 def test_missing_lpips_backbone_is_reported_and_other_metrics_run(tmp_path, monkeypatch):
-    from fidediff_pipeline.metrics import build_perceptual_metrics
+    from fidediff_pipeline.evaluation.metrics import build_perceptual_metrics
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     perceptual, unavailable = build_perceptual_metrics("alex", dists=False, allow_download=False)

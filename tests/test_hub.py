@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from fidediff_pipeline import hub
+from fidediff_pipeline.hub import push as hub
 from fidediff_pipeline.presets import SD21_BASE_REPO, sd21_base_unet_config, sd21_base_vae_config
 
 GOPRO_FULL = {
@@ -152,7 +152,17 @@ def test_push_without_token_fails_before_any_work(tiny_pipeline_folder, monkeypa
 def test_push_uploads_weights_code_and_card_in_one_commit(tiny_pipeline_folder, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
+    from huggingface_hub import HfApi
+
     recorder = _Recorder(monkeypatch)
+    recorded_commit, sent = HfApi.create_commit, {}
+
+    def create_commit(self, *args, operations, **kwargs):  # read the code and index files while they exist
+        sent.update({o.path_in_repo: Path(o.path_or_fileobj).read_text() for o in operations
+                     if o.path_in_repo.endswith((".py", ".json"))})
+        return recorded_commit(self, *args, operations=operations, **kwargs)
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(hub.HubError, match="not a valid Hub repo id"):
         hub.push_pipeline_to_hub(tiny_pipeline_folder, "bad id!", token="hf_x")
@@ -164,6 +174,11 @@ def test_push_uploads_weights_code_and_card_in_one_commit(tiny_pipeline_folder, 
     paths = {op.path_in_repo for op in commit[2]["operations"]}
     assert {"README.md", "model_index.json", "pipeline.py", "kernel_controlnet/modeling_kernel_controlnet.py",
             "unet/diffusion_pytorch_model.safetensors"} <= paths
+    # The saved folder holds weights and configs only; the push writes the code beside them.
+    assert not (Path(tiny_pipeline_folder) / "kernel_controlnet" / "modeling_kernel_controlnet.py").exists()
+    assert "class FideDiffPipeline(" in sent["pipeline.py"]
+    index = json.loads(sent["model_index.json"])
+    assert index["kernel_controlnet"] == ["modeling_kernel_controlnet", "KernelControlNetModel"]
     assert not any(p.endswith(".bin") or "__pycache__" in p for p in paths)
 
 
@@ -183,9 +198,12 @@ print("loaded", type(pipe).__module__, "t =", out.timesteps[0])
 """
 
 
-def test_saved_folder_loads_with_remote_code_and_the_card_snippet_works(tiny_pipeline, tiny_pipeline_folder, tmp_path):
+def test_exported_folder_loads_with_remote_code_and_the_card_snippet_works(tiny_pipeline, tiny_pipeline_folder, tmp_path):
+    from fidediff_pipeline.hub.remote_code import write_remote_code
+
     folder = tmp_path / "model"
     shutil.copytree(tiny_pipeline_folder, folder)
+    write_remote_code(folder)  # what `fidediff push` uploads with a weights-and-configs folder
     card = hub.write_model_card(folder, "someone/fidediff-tiny").read_text()
     snippet = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1)
     assert '"someone/fidediff-tiny"' in snippet

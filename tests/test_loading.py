@@ -28,14 +28,45 @@ def test_save_and_reload_gives_bit_identical_outputs(tiny_pipeline, tiny_pipelin
     assert np.array_equal(a.images, b.images) and a.timesteps == b.timesteps
 
 
-def test_saved_folder_is_safetensors_only_and_points_at_its_code(tiny_pipeline_folder):
-    files = [p.name for p in Path(tiny_pipeline_folder).rglob("*") if p.is_file()]
+def test_saved_folder_is_safetensors_weights_and_configs_naming_the_package(tiny_pipeline_folder):
+    files = [p.relative_to(tiny_pipeline_folder).as_posix() for p in Path(tiny_pipeline_folder).rglob("*") if p.is_file()]
     assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for name in files)
     index = json.loads((tiny_pipeline_folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "FideDiffPipeline"]
+    # As diffusers names a component of a library it does not know: the installed module and the class.
+    assert index["kernel_controlnet"] == ["fidediff_pipeline.models.modeling_kernel_controlnet", "KernelControlNetModel"]
+    assert index["prompt_embedding"] == ["fidediff_pipeline.models.modeling_prompt_embedding", "FideDiffPromptEmbedding"]
+    # No code copies: only the one-line pipeline.py that points DiffusionPipeline at the installed package.
+    assert [name for name in files if name.endswith(".py")] == ["pipeline.py"]
+    stub = (tiny_pipeline_folder / "pipeline.py").read_text()
+    assert "from fidediff_pipeline import FideDiffPipeline" in stub and len(stub.splitlines()) < 6
+
+
+def test_diffusion_pipeline_loads_a_saved_folder_with_the_package_installed(tiny_pipeline, tiny_pipeline_folder,
+                                                                           rgb_image):
+    from diffusers import DiffusionPipeline
+
+    from fidediff_pipeline import FideDiffPromptEmbedding, KernelControlNetModel
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_folder, trust_remote_code=True)
+    assert type(pipe) is FideDiffPipeline
+    assert type(pipe.kernel_controlnet) is KernelControlNetModel and type(pipe.prompt_embedding) is FideDiffPromptEmbedding
+    pipe.set_progress_bar_config(disable=True)
+    expected = tiny_pipeline(rgb_image, timestep="auto", output_type="np").images
+    assert np.array_equal(pipe(rgb_image, timestep="auto", output_type="np").images, expected)
+
+
+def test_save_with_remote_code_and_back_to_weights_only(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path, remote_code=True)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "FideDiffPipeline"]
     assert index["kernel_controlnet"] == ["modeling_kernel_controlnet", "KernelControlNetModel"]
-    assert (tiny_pipeline_folder / "pipeline.py").is_file()
-    assert (tiny_pipeline_folder / "kernel_controlnet" / "modeling_kernel_controlnet.py").is_file()
+    assert "class FideDiffPipeline(" in (tmp_path / "pipeline.py").read_text()
+    assert (tmp_path / "kernel_controlnet" / "modeling_kernel_controlnet.py").is_file()
+    assert type(FideDiffPipeline.from_pretrained(tmp_path)) is FideDiffPipeline  # the package's class, not the copy
+    tiny_pipeline.save_pretrained(tmp_path)  # saving again over it leaves no stale code copies
+    assert sorted(p.name for p in tmp_path.rglob("*.py")) == ["pipeline.py"]
+    assert json.loads((tmp_path / "model_index.json").read_text())["kernel_controlnet"][0].startswith("fidediff_pipeline.")
 
 
 def test_base_model_round_trip(tiny_pipeline, tmp_path, rgb_image):
@@ -46,8 +77,9 @@ def test_base_model_round_trip(tiny_pipeline, tmp_path, rgb_image):
     assert np.array_equal(base(rgb_image, output_type="np").images, reloaded(rgb_image, output_type="np").images)
 
 
-def test_loading_without_the_package_via_trust_remote_code(tiny_pipeline, tiny_pipeline_folder, rgb_image, tmp_path):
-    expected = tiny_pipeline(rgb_image, timestep=200, output_type="np").images
+def _load_without_the_package(folder, rgb_image, tmp_path, timestep=200) -> np.ndarray:
+    """Load ``folder`` with DiffusionPipeline + trust_remote_code in a fresh interpreter where fidediff_pipeline
+    cannot be imported; return its output for ``rgb_image``."""
     np.save(tmp_path / "input.npy", rgb_image)
     script = textwrap.dedent(f"""
         import sys
@@ -59,8 +91,8 @@ def test_loading_without_the_package_via_trust_remote_code(tiny_pipeline, tiny_p
             pass
         import numpy as np
         from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained({str(tiny_pipeline_folder)!r}, trust_remote_code=True)
-        out = pipe(np.load({str(tmp_path / 'input.npy')!r}), timestep=200, output_type="np")
+        pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        out = pipe(np.load({str(tmp_path / 'input.npy')!r}), timestep={timestep!r}, output_type="np")
         np.save({str(tmp_path / 'output.npy')!r}, out.images)
         print(type(pipe).__name__)
     """)
@@ -71,7 +103,13 @@ def test_loading_without_the_package_via_trust_remote_code(tiny_pipeline, tiny_p
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FideDiffPipeline" in result.stdout
-    np.testing.assert_allclose(np.load(tmp_path / "output.npy"), expected, atol=1e-6)
+    return np.load(tmp_path / "output.npy")
+
+
+def test_loading_without_the_package_via_trust_remote_code(tiny_pipeline, rgb_image, tmp_path):
+    expected = tiny_pipeline(rgb_image, timestep=200, output_type="np").images
+    tiny_pipeline.save_pretrained(tmp_path / "exported", remote_code=True)
+    np.testing.assert_allclose(_load_without_the_package(tmp_path / "exported", rgb_image, tmp_path), expected, atol=1e-6)
 
 
 def test_offline_hub_id_gives_a_clear_error():
@@ -150,17 +188,60 @@ def test_sd21_base_preset_has_the_released_parameter_counts():
     assert sum(p.numel() for p in vae.parameters()) == SD21_BASE_VAE_PARAMETERS
 
 
-def test_bundled_checkpoint_code_matches_the_package():
-    """The bundled folder's code copies (used with trust_remote_code) must not drift from the package."""
+def test_exported_bundled_checkpoint_code_matches_the_package_and_loads_without_it(rgb_image, tmp_path):
+    """The bundled checkpoint holds no code copies; exported with remote code (as `fidediff push` does), its code
+    files are the package's modules (only the package-relative imports flattened) and it loads without the package."""
+    import shutil
+
     import fidediff_pipeline
     from fidediff_pipeline import DEFAULT_MODEL
+    from fidediff_pipeline.hub.remote_code import write_remote_code
 
-    package = Path(fidediff_pipeline.__file__).parent
     checkpoint = Path(DEFAULT_MODEL)
-    copies = {checkpoint / "pipeline.py": package / "pipeline_fidediff.py"}
-    for code in checkpoint.rglob("*.py"):
-        if code.name != "pipeline.py":
-            copies[code] = package / code.name
+    assert sorted(p.relative_to(checkpoint).as_posix() for p in checkpoint.rglob("*.py")) == ["pipeline.py"]
+    index = json.loads((checkpoint / "model_index.json").read_text())
+    assert index["kernel_controlnet"] == ["fidediff_pipeline.models.modeling_kernel_controlnet", "KernelControlNetModel"]
+
+    exported = tmp_path / "exported"
+    shutil.copytree(checkpoint, exported)
+    write_remote_code(exported)
+    package = Path(fidediff_pipeline.__file__).parent
+    sources = {p.name: p for p in package.rglob("*.py") if "checkpoints" not in p.parts}
+    sources["pipeline.py"] = package / "pipelines" / "pipeline_fidediff.py"
+    copies = list(exported.rglob("*.py"))
     assert len(copies) > 3
-    for copy, source in copies.items():
-        assert copy.read_text() == source.read_text(), f"{copy} is stale: re-export the checkpoint or copy {source}"
+    for copy in copies:
+        source_lines = sources[copy.name].read_text().splitlines()
+        copy_lines = copy.read_text().splitlines()
+        assert len(copy_lines) == len(source_lines), copy
+        for ours, theirs in zip(copy_lines, source_lines):
+            if ours != theirs:  # only relative imports differ: `from ..models.x import` -> `from .x import`
+                assert ours.lstrip().startswith("from .") and theirs.lstrip().startswith("from ."), (copy, ours, theirs)
+                assert ours.split(" import ")[1] == theirs.split(" import ")[1], (copy, ours, theirs)
+
+    pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(rgb_image, timestep="auto", output_type="np").images
+    remote = _load_without_the_package(exported, rgb_image, tmp_path, timestep="auto")
+    np.testing.assert_allclose(remote, expected, atol=1e-5)
+
+
+def test_remote_code_flattens_package_imports_and_refuses_package_imports(tmp_path):
+    from fidediff_pipeline.hub.remote_code import flat_closure
+
+    package = tmp_path / "pkg"
+    (package / "models").mkdir(parents=True)
+    (package / "pipelines").mkdir()
+    (package / "models" / "modeling_a.py").write_text("from ..util import helper\n")
+    (package / "util.py").write_text("def helper():\n    return 1\n")
+    (package / "pipelines" / "pipeline_a.py").write_text(
+        "from ..models.modeling_a import helper\n\ndef f():\n    from ..util import helper\n    return helper()\n"
+    )
+    files = flat_closure(package / "pipelines" / "pipeline_a.py", "pipeline.py")
+    assert sorted(files) == ["modeling_a.py", "pipeline.py", "util.py"]
+    assert files["pipeline.py"].splitlines()[0] == "from .modeling_a import helper"
+    assert "    from .util import helper" in files["pipeline.py"]
+    assert files["modeling_a.py"] == "from .util import helper\n"
+    (package / "models" / "modeling_a.py").write_text("from .. import util\n")
+    with pytest.raises(ValueError, match="not a module file"):
+        flat_closure(package / "models" / "modeling_a.py")

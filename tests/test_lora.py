@@ -209,7 +209,7 @@ def test_text_encoder_weights_are_ignored_with_a_warning(trained, caplog):
     pipe = _base_with_trained_embedding(trained)
     weights = load_file(trained / "run" / "pipeline" / "lora" / LORA_FILE)
     te = {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 8)}
-    with caplog.at_level(logging.WARNING, logger="fidediff_pipeline.pipeline_fidediff"):
+    with caplog.at_level(logging.WARNING, logger="fidediff_pipeline.pipelines.pipeline_fidediff"):
         pipe.load_lora_weights({**weights, **te})
     assert "text_encoder ignored" in caplog.text
     assert any("lora" in name for name, _ in pipe.unet.named_parameters())

@@ -8,8 +8,8 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fidediff_pipeline import metrics
-from fidediff_pipeline.metrics import (
+from fidediff_pipeline.evaluation import metrics
+from fidediff_pipeline.evaluation.metrics import (
     DISTSMetric,
     LPIPSMetric,
     MetricUnavailable,
@@ -105,7 +105,7 @@ def test_as_uint8_rgb_rounds_floats_like_a_png_writer():
 
 def test_realblur_alignment_undoes_a_known_shift():
     cv2 = pytest.importorskip("cv2")
-    from fidediff_pipeline.realblur import realblur_align, realblur_psnr_ssim
+    from fidediff_pipeline.evaluation.realblur import realblur_align, realblur_psnr_ssim
 
     sharp = _crop(96)
     shift = np.float32([[1, 0, 1.5], [0, 1, -1.0]])

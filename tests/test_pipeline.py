@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fidediff_pipeline import DEFAULT_TIMESTEP, FideDiffPipeline, FideDiffPipelineOutput
-from fidediff_pipeline.training_utils import vae_encode_mode
+from fidediff_pipeline.restoration import vae_encode_mode
 
 
 def test_output_has_the_input_size_for_sizes_that_are_not_multiples(tiny_pipeline, rgb_image):

@@ -240,9 +240,9 @@ def test_data_order_is_a_function_of_the_step(data, tmp_path):
 
 
 def test_training_restore_matches_the_pipeline():
-    """The training forward (training_utils.restore) is the pipeline's maths."""
+    """The training forward (restoration.restore) is the pipeline's maths."""
     from fidediff_pipeline.presets import build_pipeline
-    from fidediff_pipeline.training_utils import restore
+    from fidediff_pipeline.restoration import restore
 
     pipe = build_pipeline("tiny", seed=0)
     image = torch.rand(1, 3, 32, 32)
@@ -299,7 +299,7 @@ def test_colour_fix_and_default_upscale_round_trip_and_match_training(tmp_path):
     """The exported inference settings (default_upscale_factor, color_fix_sigma) reload, and the pipeline's colour
     fix is the training forward's."""
     from fidediff_pipeline.presets import build_pipeline
-    from fidediff_pipeline.training_utils import restore
+    from fidediff_pipeline.restoration import restore
 
     pipe = build_pipeline("tiny", with_kernel_controlnet=False, seed=0)
     pipe.register_to_config(default_upscale_factor=1, color_fix_sigma=4.0)
@@ -317,7 +317,7 @@ def test_colour_fix_and_default_upscale_round_trip_and_match_training(tmp_path):
 
 
 def test_low_frequency_transfer_keeps_detail_and_takes_the_mean_from_the_reference():
-    from fidediff_pipeline.training_utils import low_frequency_transfer
+    from fidediff_pipeline.restoration import low_frequency_transfer
 
     detail = torch.rand(1, 3, 64, 64) - 0.5
     out = low_frequency_transfer(detail + 0.3, detail * 0 - 0.2, sigma=6.0)
@@ -339,7 +339,7 @@ def test_stage1_latent_l1_uses_each_samples_own_sharp_latents():
 
     from fidediff_pipeline.data import collate_trajectory_groups
     from fidediff_pipeline.presets import build_pipeline
-    from fidediff_pipeline.training_utils import encode_latents
+    from fidediff_pipeline.restoration import encode_latents
 
     pipe = build_pipeline("tiny", seed=0)
     torch.manual_seed(0)

@@ -51,7 +51,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         "as the exported pipeline's default_upscale_factor")
     g.add_argument("--color_fix_sigma", type=float, default=None,
                    help="train and export with the low-frequency colour fix (Gaussian sigma in px; see "
-                        "training_utils.low_frequency_transfer); default: inherit from --init_from, else off")
+                        "restoration.low_frequency_transfer); default: inherit from --init_from, else off")
     g = p.add_argument_group("data")
     g.add_argument("--train_manifest", type=str, default=None,
                    help="manifest.csv of trajectory groups (fidediff data gopro / synth)")
@@ -150,7 +150,7 @@ def latent_l1_term(vae, z0: torch.Tensor, target: torch.Tensor, args,
 
     ``z_sharp``: the sharp latents when the caller already has them (stage 1 encodes them once for the GAN too).
     """
-    from fidediff_pipeline.training_utils import encode_latents
+    from fidediff_pipeline.restoration import encode_latents
 
     if not args.latent_weight:
         return z0.new_zeros((), dtype=torch.float32), {}
@@ -861,7 +861,7 @@ def unwrap(accelerator, module):
 
 
 def save_pipeline(pipe, export_dir: str) -> None:
-    """``save_pretrained`` (safetensors + remote code) after checking no LoRA layer is left unfused."""
+    """``save_pretrained`` (safetensors weights and configs) after checking no LoRA layer is left unfused."""
     for name, module in pipe.unet.named_modules():
         if "lora" in type(module).__name__.lower() or hasattr(module, "lora_A"):
             raise RuntimeError(f"refusing to export: LoRA layer {name} is not fused and unloaded "

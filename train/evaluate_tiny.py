@@ -110,7 +110,7 @@ def vae_roundtrip(pipe, image: np.ndarray, color_fix: bool) -> tuple[np.ndarray,
 
     Returns the uint8 reconstruction and the image cropped to the same size (a multiple of the VAE factor).
     """
-    from fidediff_pipeline.training_utils import decode_latents, encode_latents, low_frequency_transfer
+    from fidediff_pipeline.restoration import decode_latents, encode_latents, low_frequency_transfer
 
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
     h, w = x.shape[-2:]

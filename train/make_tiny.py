@@ -74,7 +74,7 @@ DATA_KERNEL_SIZE = DEFAULT_KERNEL_SIZE  # the builder's default m (31): blur pat
 # The builder's default camera speed (1.0-1.6 px per 240 fps frame). t counts frames, not pixels: a wider speed
 # spread makes n = 7 at full speed as long as n = 13 at low speed, and t unpredictable.
 SPEED_RANGE = TrajectoryConfig().speed_range
-COLOR_FIX_SIGMA = 12.0  # low-frequency colour fix (training_utils.low_frequency_transfer), px
+COLOR_FIX_SIGMA = 12.0  # low-frequency colour fix (restoration.low_frequency_transfer), px
 SHORT_SIDE = 256
 UPSCALE = 1
 
@@ -368,7 +368,7 @@ def export_checkpoint(source: Path, export: Path) -> None:
     from fidediff_pipeline.atomic_io import atomic_folder
 
     with atomic_folder(export) as tmp:
-        # Reload and save (not a file copy): the folder's remote-code files come from the package that runs now.
+        # Reload and save (not a file copy): weights and configs, model_index.json naming the installed package.
         FideDiffPipeline.from_pretrained(source).save_pretrained(tmp)
         (tmp / "README.md").write_text(MODEL_CARD)
     size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())

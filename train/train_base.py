@@ -128,7 +128,7 @@ class BaseStageModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         from fidediff_pipeline.losses import generator_adversarial_loss
-        from fidediff_pipeline.training_utils import encode_latents, restore
+        from fidediff_pipeline.restoration import encode_latents, restore
 
         device = self.alphas_cumprod.device
         vae_dtype = next(self._vae.parameters()).dtype

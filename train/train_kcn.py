@@ -53,7 +53,7 @@ class KCNStageModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         from fidediff_pipeline.losses import reblur_loss, time_regression_loss
-        from fidediff_pipeline.training_utils import encode_latents, restore
+        from fidediff_pipeline.restoration import encode_latents, restore
 
         fz, args = self._frozen, self.args
         device = self.alphas_cumprod.device

@@ -83,7 +83,7 @@ class VAEStage(common.Stage):
 
     @torch.no_grad()
     def validate(self, pairs, args, step, accelerator) -> dict:
-        from fidediff_pipeline.training_utils import vae_encode_mode
+        from fidediff_pipeline.restoration import vae_encode_mode
 
         vae = common.unwrap(accelerator, self.model).vae
         scores = []

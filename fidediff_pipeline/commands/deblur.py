@@ -236,7 +236,7 @@ def deblur_share(state, todo: list[tuple[Path, Path]], args, max_pixels: int) ->
     An idle process (more processes than images) loads no model but still joins the gathering.
     """
     from ..distributed import gather_lists, own_share, process_device, share_of
-    from ..loading import load_pipeline
+    from ..hub.loading import load_pipeline
 
     device = process_device(state, args.device)
     share = share_of(state, todo)
@@ -254,7 +254,7 @@ def deblur_share(state, todo: list[tuple[Path, Path]], args, max_pixels: int) ->
 def run(args) -> int:
     from ..distributed import process_state
     from ..image_processing import DEFAULT_MAX_PIXELS
-    from ..loading import load_pipeline
+    from ..hub.loading import load_pipeline
 
     # None for a plain run; under `accelerate launch` with several processes, accelerate's PartialState.
     state = process_state()

@@ -39,7 +39,7 @@ def run(args) -> int:
     from ..atomic_io import save_image_atomic, write_text_atomic
     from ..data import blur_image_along_trajectory
     from ..image_processing import load_image
-    from ..loading import load_pipeline
+    from ..hub.loading import load_pipeline
 
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

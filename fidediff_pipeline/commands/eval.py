@@ -27,9 +27,9 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .. import evaluation
+from ..evaluation import runner
 from ..atomic_io import write_text_atomic
-from ..eval_sets import DATASETS, load_eval_set
+from ..evaluation.eval_sets import DATASETS, load_eval_set
 from .deblur import add_model_arguments
 
 
@@ -49,7 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="test-set layout under --root")
-    parser.add_argument("--root", required=True, help="folder of the test set (layouts: fidediff_pipeline/eval_sets.py)")
+    parser.add_argument("--root", required=True, help="folder of the test set (layouts: fidediff_pipeline/evaluation/eval_sets.py)")
     parser.add_argument("--output", required=True, help="folder for the CSV, JSON and Markdown (resumable)")
     # --model, --device, --dtype, --timestep, --upscale-factor, --tile-size: shared with `fidediff deblur`.
     # eval's timestep default depends on the dataset (paper Sec. 5.1), so it is None here and resolved later.
@@ -85,8 +85,8 @@ def _main_process_first(state):
 def run(args: argparse.Namespace) -> int:
     """Run ``fidediff eval``; returns the exit code. Errors are ValueError / FileNotFoundError with clear text."""
     from ..distributed import process_device, process_state
-    from ..loading import default_model, resolve_device
-    from ..metrics import build_perceptual_metrics
+    from ..hub.loading import default_model, resolve_device
+    from ..evaluation.metrics import build_perceptual_metrics
 
     # None for a plain run; under `accelerate launch` with several processes, accelerate's PartialState.
     state = process_state()
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = args.model or default_model()
     with _main_process_first(state):
-        pipe = evaluation.load_pipeline(model, device, args.dtype)
+        pipe = runner.load_pipeline(model, device, args.dtype)
     if state is not None and is_main:
         print(f"evaluating on {state.num_processes} processes", file=sys.stderr)
 
@@ -130,18 +130,18 @@ def run(args: argparse.Namespace) -> int:
     )
     output = Path(args.output)
     if args.sweep_timesteps:
-        sweep = evaluation.sweep_timesteps(pipe, pairs, output, args.sweep_timesteps, dataset=args.dataset, **common)
+        sweep = runner.sweep_timesteps(pipe, pairs, output, args.sweep_timesteps, dataset=args.dataset, **common)
         if not is_main:
             return 0
-        print(evaluation.sweep_markdown(sweep))
+        print(runner.sweep_markdown(sweep))
         print(f"wrote {output / 'sweep.md'}, {output / 'sweep.json'}" + (f", {output / sweep['plot']}" if sweep["plot"] else ""))
         return 0
 
-    summary = evaluation.evaluate(pipe, pairs, output, dataset=args.dataset, timestep=args.timestep, **common)
+    summary = runner.evaluate(pipe, pairs, output, dataset=args.dataset, timestep=args.timestep, **common)
     if not is_main:
         return 0  # the main process writes the comparison and prints the report
-    if args.dataset in evaluation.PAPER_TABLE2:
-        write_text_atomic(output / "paper_comparison.md", evaluation.paper_comparison_table([summary]))
-    print(evaluation.summary_markdown(summary))
-    print(f"wrote {output / evaluation.CSV_NAME}, {output / evaluation.SUMMARY_JSON}, {output / evaluation.SUMMARY_MD}")
+    if args.dataset in runner.PAPER_TABLE2:
+        write_text_atomic(output / "paper_comparison.md", runner.paper_comparison_table([summary]))
+    print(runner.summary_markdown(summary))
+    print(f"wrote {output / runner.CSV_NAME}, {output / runner.SUMMARY_JSON}, {output / runner.SUMMARY_MD}")
     return 0

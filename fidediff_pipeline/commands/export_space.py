@@ -2,8 +2,9 @@
 
 The folder holds ``app.py``, ``requirements.txt``, ``README.md`` (the Space's front matter, from
 ``space/README.md``), ``assets/`` (the examples), the ``fidediff_pipeline`` source and, unless the model is a Hub
-repo id, the model folder (``model/``). ``space_config.json`` tells ``app.py`` which model to load. Upload it with
-``hf upload <user>/<space> DIR --repo-type space`` and choose ZeroGPU in the Space's settings.
+repo id, the model folder (``model/``, with its remote-code files). ``space_config.json`` tells ``app.py`` which
+model to load. Upload it with ``hf upload <user>/<space> DIR --repo-type space`` and choose ZeroGPU in the Space's
+settings.
 
 It needs a source checkout of the repository (``app.py`` and ``space/`` sit beside the package there).
 """
@@ -100,7 +101,7 @@ def export_space(out: str | Path, model: str | None = None, force: bool = False)
         >>> export_space("space_out", model="me/fidediff")  # doctest: +SKIP
         {'out': 'space_out', 'model': 'me/fidediff', 'model_in_space': False, ...}
     """
-    from ..loading import default_model
+    from ..hub.loading import default_model
 
     _check_sources()
     out = Path(out)
@@ -137,8 +138,12 @@ def export_space(out: str | Path, model: str | None = None, force: bool = False)
             shutil.copytree(source, staging / folder, ignore=ignore)
         if hub_model is None:
             shutil.copytree(model_folder, staging / "model", ignore=_IGNORE)
-            if not (staging / "model" / "README.md").is_file():  # the model travels with its card
-                from ..hub import write_model_card
+            # The model travels with its code (loadable on its own with trust_remote_code) and its card.
+            from ..hub.remote_code import write_remote_code
+
+            write_remote_code(staging / "model")
+            if not (staging / "model" / "README.md").is_file():
+                from ..hub.push import write_model_card
 
                 write_model_card(staging / "model", repo_id=model_folder.resolve().name)
             if _folder_size(staging / "model") > LARGE_MODEL_BYTES:

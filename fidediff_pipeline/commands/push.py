@@ -1,7 +1,8 @@
 """``fidediff push --model FOLDER --repo-id ID``: upload a saved pipeline to the Hub with a generated model card.
 
-The folder must come from `FideDiffPipeline.save_pretrained` (weights and code files), so that
-``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without this package. ``--dry-run``
+The folder must come from `FideDiffPipeline.save_pretrained`; the pipeline's code files are uploaded with it (written
+for the upload), so that ``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without this
+package. ``--dry-run``
 writes the model card (README.md) into the folder and lists what would be uploaded, without any network access.
 """
 
@@ -30,7 +31,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..hub import check_repo_id, push_pipeline_to_hub, write_model_card
+    import tempfile
+
+    from ..hub.push import check_repo_id, push_pipeline_to_hub, upload_plan, write_model_card
 
     folder = Path(args.model)
     if not (folder / "model_index.json").is_file():
@@ -38,8 +41,9 @@ def run(args) -> int:
     if args.dry_run:
         check_repo_id(args.repo_id)
         card = write_model_card(folder, args.repo_id, args.eval_json, license=args.license)
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        size = sum(p.stat().st_size for p in files)
+        with tempfile.TemporaryDirectory(prefix="fidediff-push-") as scratch:
+            files = [card, *upload_plan(folder, scratch).values()]
+            size = sum(p.stat().st_size for p in files)
         print(f"wrote {card}; would upload {len(files)} files ({size / 1e6:.1f} MB) to {args.repo_id} (dry run)")
         return 0
     url = push_pipeline_to_hub(folder, args.repo_id, eval_results=args.eval_json, token=args.token,

@@ -13,7 +13,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 def default_model() -> str:
     """``$FIDEDIFF_MODEL`` if set, else the bundled tiny checkpoint (``fidediff_pipeline.DEFAULT_MODEL``)."""
-    from . import DEFAULT_MODEL
+    from .. import DEFAULT_MODEL
 
     return os.environ.get("FIDEDIFF_MODEL") or DEFAULT_MODEL
 
@@ -46,10 +46,10 @@ def load_pipeline(model: str | None = None, device: str | None = "auto", dtype: 
     Example:
         >>> pipe = load_pipeline()  # the bundled tiny checkpoint, on CUDA if present
     """
-    from .pipeline_fidediff import FideDiffPipeline
+    from ..pipelines.pipeline_fidediff import FideDiffPipeline
 
     model = model or default_model()
-    from . import DEFAULT_MODEL
+    from .. import DEFAULT_MODEL
 
     if model == DEFAULT_MODEL and not Path(model).is_dir():
         raise ValueError(

@@ -15,7 +15,7 @@ crop and no Y-channel conversion: the GoPro / HIDE / RealBlur tables are compute
     sigma=1.5, use_sample_covariance=False, data_range=255)``: per-channel 2-D SSIM, mean over channels,
     borders of 5 px dropped. This is what python-only evaluations usually report.
 
-* RealBlur's protocol (ECC alignment before PSNR/SSIM) lives in :mod:`fidediff_pipeline.realblur`.
+* RealBlur's protocol (ECC alignment before PSNR/SSIM) lives in :mod:`fidediff_pipeline.evaluation.realblur`.
 * :class:`LPIPSMetric` (the ``lpips`` package, AlexNet by default, inputs scaled to ``[-1, 1]``) and
   :class:`DISTSMetric` (Ding et al. 2020, VGG16 + learned alpha/beta, inputs in ``[0, 1]``). Their weights
   are read from local files only (or, for the torchvision backbones, downloaded by torchvision when
@@ -24,7 +24,7 @@ crop and no Y-channel conversion: the GoPro / HIDE / RealBlur tables are compute
 
 Example:
     >>> import numpy as np
-    >>> from fidediff_pipeline.metrics import psnr, ssim_matlab3d, ssim_skimage
+    >>> from fidediff_pipeline.evaluation.metrics import psnr, ssim_matlab3d, ssim_skimage
     >>> a = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     >>> b = np.clip(a.astype(int) + 5, 0, 255).astype(np.uint8)
     >>> round(psnr(a, b), 2) > 30, ssim_matlab3d(a, a)

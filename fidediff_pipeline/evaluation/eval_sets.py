@@ -21,7 +21,7 @@ Every loader checks that both images of each pair exist and have the same size (
 only), and raises ``FileNotFoundError`` / ``ValueError`` naming the path and the expected layout.
 
 Example:
-    >>> from fidediff_pipeline.eval_sets import load_eval_set
+    >>> from fidediff_pipeline.evaluation.eval_sets import load_eval_set
     >>> pairs = load_eval_set("gopro", "/data/GOPRO_Large")       # doctest: +SKIP
     >>> pairs[0].name, pairs[0].blurry.name                      # doctest: +SKIP
     ('GOPR0384_11_00/000001.png', '000001.png')

@@ -1,13 +1,14 @@
 """Model cards and uploads to the Hugging Face Hub.
 
-`push_pipeline_to_hub` uploads a pipeline folder made by `FideDiffPipeline.save_pretrained` (weights as safetensors
-plus the code files, so ``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without this
-package) with a generated model card. `write_model_card` writes the same card into a folder without uploading.
+`push_pipeline_to_hub` uploads a pipeline folder made by `FideDiffPipeline.save_pretrained` (weights as safetensors)
+plus the pipeline's code files (`fidediff_pipeline.hub.remote_code`, written for the upload: a saved folder holds
+weights and configs only), so ``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without
+this package, with a generated model card. `write_model_card` writes the same card into a folder without uploading.
 Evaluation results come from ``fidediff eval``'s ``summary.json`` files (`read_eval_summary` also reads older or
 hand-written variants of that format).
 
 Example:
-    >>> from fidediff_pipeline.hub import evaluation_table_markdown
+    >>> from fidediff_pipeline.hub.push import evaluation_table_markdown
     >>> print(evaluation_table_markdown([{"dataset": "gopro", "num_images": 1111,
     ...        "metrics": {"PSNR": 28.79, "SSIM": 0.9148, "LPIPS": 0.0831, "DISTS": 0.0525}}]))
     | Dataset | Images | PSNR ↑ | SSIM ↑ | LPIPS ↓ | DISTS ↓ |
@@ -27,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .atomic_io import is_temporary
-from .evaluation import DATASET_LABELS, FULL_TEST_SIZES, HEADLINE_METRICS, LOWER_IS_BETTER, format_metric
-from .presets import SD21_BASE_REPO, sd21_base_unet_config
+from ..atomic_io import is_temporary
+from ..evaluation.runner import DATASET_LABELS, FULL_TEST_SIZES, HEADLINE_METRICS, LOWER_IS_BETTER, format_metric
+from ..presets import SD21_BASE_REPO, sd21_base_unet_config
+from .remote_code import remote_code_files
 
 LICENSE = "apache-2.0"
 # Weights fine-tuned from Stable Diffusion 2.1 stay under its licence (CreativeML Open RAIL++-M).
@@ -453,6 +455,26 @@ def _without_local_paths(path: Path, clean_copy: Path) -> Path:
     return clean_copy
 
 
+def upload_plan(folder: str | os.PathLike, scratch: str | os.PathLike) -> dict[str, Path]:
+    """What a push uploads besides README.md: ``{path in repo: local file}``, sorted.
+
+    The folder's files (no caches or temporary files; configs without ``_name_or_path``), with the remote-code files
+    and their ``model_index.json`` (`remote_code_files`) written under ``scratch`` in place of the folder's own.
+    """
+    folder, scratch = Path(folder), Path(scratch)
+    plan = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and "__pycache__" not in path.parts and relative != "README.md" and not is_temporary(path):
+            plan[relative] = path
+    for relative, text in remote_code_files(folder).items():
+        target = scratch / "code" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        plan[relative] = target
+    return {relative: _without_local_paths(path, scratch / "clean" / relative) for relative, path in sorted(plan.items())}
+
+
 @contextlib.contextmanager
 def _network_errors_as_hub_errors(repo_id: str):
     """A connection failure (httpx / requests) is one line naming the repo, not a transport traceback."""
@@ -505,8 +527,6 @@ def push_pipeline_to_hub(
         folder = Path(pipe_or_folder)
         if not (folder / "model_index.json").is_file():
             raise ValueError(f"{folder} has no model_index.json; pass a folder made by FideDiffPipeline.save_pretrained")
-        if not (folder / "pipeline.py").is_file():
-            raise ValueError(f"{folder} has no pipeline.py: save it with FideDiffPipeline.save_pretrained so the code travels")
 
     from huggingface_hub import HfApi
 
@@ -531,11 +551,8 @@ def push_pipeline_to_hub(
             from huggingface_hub import CommitOperationAdd
 
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card_path))]
-            for path in sorted(folder.rglob("*")):
-                relative = path.relative_to(folder).as_posix()
-                if path.is_file() and "__pycache__" not in path.parts and relative != "README.md" and not is_temporary(path):
-                    source = _without_local_paths(path, Path(card_dir) / "clean" / relative)
-                    operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(source)))
+            for relative, source in upload_plan(folder, Path(card_dir) / "upload").items():
+                operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(source)))
             with _network_errors_as_hub_errors(repo_id):
                 api.create_commit(full_id, operations=operations, commit_message=commit_message, create_pr=create_pr,
                                   repo_type="model")

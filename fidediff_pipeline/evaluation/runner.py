@@ -1,6 +1,6 @@
 """Evaluate a deblurring pipeline on a test set the way the field does, side by side with the paper.
 
-:func:`evaluate` runs a *restorer* over a list of :class:`~fidediff_pipeline.eval_sets.EvalPair` and writes,
+:func:`evaluate` runs a *restorer* over a list of :class:`~fidediff_pipeline.evaluation.eval_sets.EvalPair` and writes,
 under the output folder:
 
 * ``per_image.csv``: one row per image (name, timestep used and its source, every metric, seconds). It is
@@ -19,14 +19,14 @@ The restorer is anything with the pipeline's call contract, so tests inject a fa
     out.timestep_sources  # list["predicted" | "given" | "default"], optional
 
 Protocols: GoPro, HIDE and ``paired`` use PSNR + ``ssim_matlab3d`` (the MATLAB GoPro/HIDE script); RealBlur
-uses the RealBlur authors' ECC-aligned PSNR/SSIM (:mod:`fidediff_pipeline.realblur`). LPIPS and DISTS are
+uses the RealBlur authors' ECC-aligned PSNR/SSIM (:mod:`fidediff_pipeline.evaluation.realblur`). LPIPS and DISTS are
 computed on the unaligned images in both cases. Default timesteps follow the paper (Sec. 5.1): ``t = 200``
 for GoPro/HIDE (their blur averages 11 frames, ``t_GT = (11 - 1) * 20``) and t-prediction (``"auto"``) for
 RealBlur, which has no ground-truth blur level (and for ``paired`` folders).
 
 Example:
     >>> from fidediff_pipeline.evaluation import evaluate, load_pipeline
-    >>> from fidediff_pipeline.eval_sets import load_eval_set
+    >>> from fidediff_pipeline.evaluation.eval_sets import load_eval_set
     >>> pipe = load_pipeline("path/to/fidediff", device="cuda")            # doctest: +SKIP
     >>> pairs = load_eval_set("gopro", "/data/GOPRO_Large")                 # doctest: +SKIP
     >>> summary = evaluate(pipe, pairs, "eval/gopro", dataset="gopro")      # doctest: +SKIP
@@ -48,7 +48,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .atomic_io import atomic_path, save_image_atomic, write_text_atomic
+from ..atomic_io import atomic_path, save_image_atomic, write_text_atomic
 from .eval_sets import EvalPair
 from .metrics import PSNR_DESCRIPTION, SSIM_VARIANT_DESCRIPTIONS, as_uint8_rgb, psnr, ssim_matlab3d, ssim_skimage
 
@@ -125,7 +125,7 @@ def default_timestep(dataset: str) -> str | int:
 
 
 def load_pipeline(model: str | None = None, device: str | None = "auto", dtype: str = "float32"):
-    """Load the pipeline to evaluate: :func:`fidediff_pipeline.loading.load_pipeline` (folder or Hub id, default
+    """Load the pipeline to evaluate: :func:`fidediff_pipeline.hub.loading.load_pipeline` (folder or Hub id, default
     ``$FIDEDIFF_MODEL`` or the bundled tiny checkpoint), with the pipeline's own progress bar off.
 
     Imported lazily, so metrics and data loaders work without diffusers.
@@ -133,7 +133,7 @@ def load_pipeline(model: str | None = None, device: str | None = "auto", dtype: 
     Example:
         >>> pipe = load_pipeline("my-org/fidediff", device="cuda", dtype="float16")   # doctest: +SKIP
     """
-    from .loading import load_pipeline as _load
+    from ..hub.loading import load_pipeline as _load
 
     pipe = _load(model, device, dtype)
     if hasattr(pipe, "set_progress_bar_config"):
@@ -154,7 +154,7 @@ def csv_columns(protocol: str) -> list[str]:
 def load_rgb(path) -> np.ndarray:
     """Read an image file as ``uint8`` RGB ``[H, W, 3]`` with the project's one reader (16-bit rounded, not
     clipped; pixel limit; one-line errors)."""
-    from .image_processing import read_image_uint8
+    from ..image_processing import read_image_uint8
 
     return read_image_uint8(path)
 
@@ -340,14 +340,14 @@ def evaluate(
 
     Args:
         restorer: the pipeline (or anything with its call contract, see the module docstring).
-        pairs: from :func:`fidediff_pipeline.eval_sets.load_eval_set`.
+        pairs: from :func:`fidediff_pipeline.evaluation.eval_sets.load_eval_set`.
         output_dir: created if needed; an existing ``per_image.csv`` there is resumed.
         dataset: ``gopro``, ``hide``, ``realblur_j``, ``realblur_r`` or ``paired``: picks the protocol, the
             default timestep and the paper figures to compare with.
         timestep: ``"auto"``, an int, or ``None`` for the paper's default for ``dataset``.
         upscale_factor: 2 is the paper's d = 4, 1 is d = 8.
         perceptual: name -> metric callable (``lpips``, ``dists``), e.g. from
-            :func:`fidediff_pipeline.metrics.build_perceptual_metrics`.
+            :func:`fidediff_pipeline.evaluation.metrics.build_perceptual_metrics`.
         unavailable: name -> reason for metrics that could not be built; recorded in the summary.
         save_images: also write the restored images under ``images/``.
         limit: only the first ``limit`` pairs (the summary then says it is a subset).
@@ -484,7 +484,7 @@ def _measure_share(state, todo: Sequence[EvalPair], columns: list[str], dataset:
     """
     from tqdm.auto import tqdm
 
-    from .distributed import gather_lists, own_share, share_of
+    from ..distributed import gather_lists, own_share, share_of
 
     state.wait_for_everyone()
     share = share_of(state, list(todo))

@@ -16,7 +16,7 @@ targets are slightly misaligned in geometry and gain. The RealBlur authors' scri
    5 px, averaged over the mask per channel, then over channels.
 
 Example:
-    >>> from fidediff_pipeline.realblur import realblur_psnr_ssim
+    >>> from fidediff_pipeline.evaluation.realblur import realblur_psnr_ssim
     >>> score = realblur_psnr_ssim(restored_uint8, sharp_uint8)   # doctest: +SKIP
     >>> score.psnr, score.ssim, score.converged                   # doctest: +SKIP
     (28.96, 0.8695, True)

@@ -23,21 +23,20 @@ from diffusers.utils import BaseOutput, convert_unet_state_dict_to_peft
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from .image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
-from .kernel_ops import expand_kernel_map
-from .modeling_kernel_controlnet import KernelControlNetModel
-from .modeling_prompt_embedding import FideDiffPromptEmbedding
-from .remote_code import write_remote_code
-from .tiling import gaussian_weights, iterate_tiles
-from .training_utils import (
+from ..hub.remote_code import write_package_index, write_remote_code
+from ..image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
+from ..kernel_ops import expand_kernel_map
+from ..models.modeling_kernel_controlnet import KernelControlNetModel
+from ..models.modeling_prompt_embedding import FideDiffPromptEmbedding
+from ..restoration import (
     low_frequency_transfer, predict_original_latents, resize_from_vae, upsample_for_vae, vae_encode_mode,
 )
+from ..tiling import gaussian_weights, iterate_tiles
 
 logger = logging.getLogger(__name__)
 
 # GoPro's test blur is 11 averaged frames: t = (11 - 1) * 20 = 200 (paper Sec. 3.4 and 5.1).
 DEFAULT_TIMESTEP = 200
-CUSTOM_COMPONENTS = ("prompt_embedding", "kernel_controlnet")
 _COMPONENT_CLASSES = {"prompt_embedding": FideDiffPromptEmbedding, "kernel_controlnet": KernelControlNetModel}
 
 EXAMPLE_DOC_STRING = """
@@ -108,7 +107,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         default_upscale_factor (`int`, defaults to 2): ``upscale_factor`` used when a call does not pass one
             (saved in ``model_index.json``; the tiny checkpoint, whose VAE has factor 2, sets 1).
         color_fix_sigma (`float`, *optional*): when set (by a model trained with it), the output's lowest
-            frequencies are taken from the blurry input (`training_utils.low_frequency_transfer`).
+            frequencies are taken from the blurry input (`restoration.low_frequency_transfer`).
 
     The pipeline also inherits diffusers' UNet LoRA methods (needs ``peft``): `load_lora_weights`, `fuse_lora`,
     `unfuse_lora`, `unload_lora_weights`, `save_lora_weights`, `set_adapters` (see `load_lora_weights`).
@@ -156,14 +155,14 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         ``device_map``, ``low_cpu_mem_usage``, ``variant``, ``use_safetensors``, ``local_files_only``, ``revision``,
         ``token``, ``cache_dir``, ...), and components can be replaced by passing them (``kernel_controlnet=None``
         gives the base model). The Kernel ControlNet and the prompt embedding are this package's classes, not the
-        code copies a saved folder carries for ``trust_remote_code`` users. A folder without ``model_index.json``,
+        code copies an exported folder carries for ``trust_remote_code`` users. A folder without ``model_index.json``,
         or a Hub id the Hub cannot provide (e.g. offline), fails at once with a one-line ``ValueError``.
 
         Example:
             >>> from fidediff_pipeline import DEFAULT_MODEL
             >>> pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL, dtype={"unet": torch.float32})
             >>> type(pipe.kernel_controlnet).__module__
-            'fidediff_pipeline.modeling_kernel_controlnet'
+            'fidediff_pipeline.models.modeling_kernel_controlnet'
         """
         path = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
         if path.is_dir():
@@ -188,8 +187,8 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     @classmethod
     def _dict_from_json_file(cls, json_file):
-        # A saved folder names its own code copy, ["pipeline", "FideDiffPipeline"], for DiffusionPipeline users with
-        # trust_remote_code. Called on this class, that entry means this class: drop the file name so that
+        # A saved folder names its pipeline.py, ["pipeline", "FideDiffPipeline"] (a code copy, or a stub importing this
+        # package), for DiffusionPipeline users. Called on this class, that entry means this class: drop the file name so that
         # diffusers neither imports the copy nor asks for trust_remote_code (both in download and in loading).
         config = super()._dict_from_json_file(json_file)
         class_name = config.get("_class_name")
@@ -200,8 +199,8 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @classmethod
     def load_config(cls, *args, **kwargs):
         # Resolve the custom components to the classes this module uses (the installed package's), instead of the
-        # code copies in the folder: ["modeling_kernel_controlnet", "KernelControlNetModel"] becomes
-        # ["fidediff_pipeline.modeling_kernel_controlnet", ...], which diffusers takes from sys.modules. Only here,
+        # code copies a remote-code folder carries: ["modeling_kernel_controlnet", "KernelControlNetModel"] becomes
+        # ["fidediff_pipeline.models.modeling_kernel_controlnet", ...], which diffusers takes from sys.modules. Only here,
         # not in _dict_from_json_file: `download` must still see the folder's file names to fetch them.
         outputs = super().load_config(*args, **kwargs)
         config = outputs[0] if isinstance(outputs, tuple) else outputs
@@ -211,8 +210,19 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 config[name] = [component_class.__module__, component_class.__name__]
         return outputs
 
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
-        """Save as safetensors (only), with the code files that let the folder load via ``trust_remote_code``.
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, safe_serialization: bool = True, remote_code: bool | None = None,
+        **kwargs,
+    ):
+        """Save as safetensors (only): weights and configs, whose ``model_index.json`` names the installed package.
+
+        Args:
+            remote_code: also write the pipeline's code into the folder (see `fidediff_pipeline.hub.remote_code`),
+                so that ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` works where this
+                package is not installed; ``fidediff push`` and ``fidediff export-space`` do this. Default: only
+                when this pipeline itself runs from such code copies, else a weights-and-configs folder (with a
+                one-line ``pipeline.py`` importing the installed package, for ``DiffusionPipeline``). With
+                ``push_to_hub=True`` the code is always written.
 
         ``safe_serialization=False`` still saves, as safetensors, with a warning: pickled weights can run code when
         loaded, and the loaders of this project read safetensors only.
@@ -226,7 +236,12 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         kwargs = hub_kwargs
         if isinstance(self.vae, AutoencoderTiny):
             _drop_derived_vae_config(Path(save_directory) / "vae" / "config.json")
-        write_remote_code(self, save_directory, CUSTOM_COMPONENTS)
+        if remote_code is None:
+            remote_code = push_to_hub or not __name__.startswith("fidediff_pipeline.")
+        if remote_code:
+            write_remote_code(save_directory)
+        else:
+            write_package_index(save_directory)
         if push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
