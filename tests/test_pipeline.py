@@ -97,3 +97,20 @@ def test_model_cpu_offload_gives_the_same_output(tiny_pipeline_folder, rgb_image
     pipe = FideDiffPipeline.from_pretrained(tiny_pipeline_folder)
     pipe.enable_model_cpu_offload()
     np.testing.assert_allclose(pipe(rgb_image, output_type="np").images, reference, atol=1e-4)
+
+
+def test_default_tile_size_is_larger_for_a_unet_without_self_attention():
+    """SD 2.1-base's UNet tiles at twice its training size (128 latents); an attention-free UNet (the tiny preset)
+    at 256 latents, so "auto" keeps images up to 1 MPx at d = 2 whole."""
+    from fidediff_pipeline.pipelines.pipeline_fidediff import _has_self_attention
+    from fidediff_pipeline.presets import sd21_base_unet_config, tiny_unet_config
+
+    assert _has_self_attention(sd21_base_unet_config())
+    assert not _has_self_attention(tiny_unet_config())
+    assert _has_self_attention({**tiny_unet_config(), "mid_block_type": "UNetMidBlock2DCrossAttn",
+                                "mid_block_only_cross_attention": False})
+    from fidediff_pipeline.presets import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    assert pipe._default_tile_size() == 256
+    assert not pipe._needs_tiling(512, 512, 256) and pipe._needs_tiling(513, 512, 256)
