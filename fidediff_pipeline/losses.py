@@ -180,6 +180,18 @@ def frequency_l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (a - b).abs().mean()
 
 
+def _true_kernel_taps(true_kernels: torch.Tensor, m: int) -> torch.Tensor:
+    """The builder's true kernels ``[B, M, M]`` as ``[B, m*m, 1, 1]`` taps for an ``m x m`` prediction: centre-cropped
+    and renormalised (tails beyond the window cannot be represented anyway)."""
+    big = true_kernels.shape[-1]
+    if big < m:
+        raise ValueError(f"true kernels ({big}x{big}) are smaller than the predicted ones ({m}x{m})")
+    start = (big - m) // 2
+    crop = true_kernels[:, start: start + m, start: start + m].float()
+    crop = crop / crop.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+    return crop.reshape(crop.shape[0], m * m, 1, 1)
+
+
 def _kernel_moments(kernels: torch.Tensor, m: int) -> torch.Tensor:
     """Centroid and second central moments ``[B, 5, H, W]`` (mean y, mean x, var y, var x, cov xy; in pixels) of
     kernel maps ``[B, m*m, H, W]`` in `kernel_ops`' tap layout."""
@@ -204,13 +216,7 @@ def kernel_moment_loss(predicted: torch.Tensor, true_kernels: torch.Tensor) -> t
     blur; the moments (the blur's offset, length and direction) change smoothly as a kernel turns or grows.
     """
     m = int(round(predicted.shape[1] ** 0.5))
-    big = true_kernels.shape[-1]
-    if big < m:
-        raise ValueError(f"true kernels ({big}x{big}) are smaller than the predicted ones ({m}x{m})")
-    start = (big - m) // 2
-    crop = true_kernels[:, start: start + m, start: start + m].float()
-    crop = crop / crop.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
-    target = _kernel_moments(crop.reshape(crop.shape[0], m * m, 1, 1).to(predicted.device), m)
+    target = _kernel_moments(_true_kernel_taps(true_kernels, m).to(predicted.device), m)
     return (_kernel_moments(predicted, m) - target).abs().sum(dim=1).mean() / max(m // 2, 1)
 
 
@@ -222,12 +228,6 @@ def kernel_supervision_loss(predicted: torch.Tensor, true_kernels: torch.Tensor)
     ``m`` is centre-cropped and renormalised (its tails beyond the window cannot be represented anyway).
     """
     m = int(round(predicted.shape[1] ** 0.5))
-    big = true_kernels.shape[-1]
-    if big < m:
-        raise ValueError(f"true kernels ({big}x{big}) are smaller than the predicted ones ({m}x{m})")
-    start = (big - m) // 2
-    crop = true_kernels[:, start: start + m, start: start + m].float()
-    crop = crop / crop.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
-    target = crop.reshape(crop.shape[0], m * m, 1, 1).to(predicted.device)
+    target = _true_kernel_taps(true_kernels, m).to(predicted.device)
     # Summed over taps (a per-pixel L1 distance between distributions, in [0, 2]), averaged over pixels.
     return (predicted.float() - target).abs().sum(dim=1).mean()
