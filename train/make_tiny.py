@@ -399,6 +399,8 @@ def parse_args(argv=None):
         args.steps = {name: int(n) for name, n in (item.split("=") for item in args.steps)}
     except ValueError:
         p.error("--steps takes STAGE=N items, e.g. base=1500")
+    if args.init_base_from and not Path(args.init_base_from, "model_index.json").is_file():
+        p.error(f"--init_base_from takes a saved pipeline folder (with model_index.json); got {args.init_base_from!r}")
     if set(args.steps) - set(STEPS):
         p.error(f"--steps: unknown stage(s) {sorted(set(args.steps) - set(STEPS))}; stages: {sorted(STEPS)}")
     if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
