@@ -37,8 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distributed import close_process_group
+
+    finished = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        finished = True
+        return code
     except (CLIError, ValueError, FileNotFoundError, OSError) as err:
         from .distributed import error_prefix, should_print_error
 
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        # Under `accelerate launch`: every process leaves together (see close_process_group).
+        close_process_group(finished)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,24 @@ def error_prefix(err: BaseException) -> str:
     """``"process 1 of 2: "`` for an error of one process's share, else ``""``."""
     label = getattr(err, "fidediff_process", None)
     return f"{label}: " if label else ""
+
+
+def close_process_group(finished: bool) -> None:
+    """End a distributed run's process group; a no-op for a plain run (no process group was ever set up).
+
+    After a command that ``finished`` (returned, whatever its exit code) every process first waits for the others:
+    a process that exits while another is still completing its last collective closes the gloo connections under
+    it, and the other process aborts (SIGABRT) instead of exiting cleanly. After an error no process waits: the
+    others may never reach the barrier.
+    """
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()

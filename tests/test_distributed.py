@@ -78,7 +78,9 @@ def launch(args: list[str], tmp_path: Path, processes: int = 2) -> subprocess.Co
            # No user-wide `accelerate config` file changes how the test launches.
            "HF_HOME": str(tmp_path / "hf_home")}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    if result.returncode != 0:  # the whole output, in the failure report's captured stdout (assert messages get cut)
+        print(f"exit code {result.returncode}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")
+    assert result.returncode == 0, "the launched command failed; its output is under 'Captured stdout call'"
     return result
 
 
