@@ -61,6 +61,15 @@ def apply_per_pixel_kernels(image: torch.Tensor, kernels: torch.Tensor) -> torch
     return torch.einsum("bckhw,bkhw->bchw", patches, kernels.to(patches.dtype))
 
 
+def kernel_map_stride(height: int, width: int, map_height: int, map_width: int) -> int:
+    """The block size ``s`` of a ``map_height x map_width`` kernel map over a ``height x width`` image (1 for a
+    per-pixel map); a ValueError if the map is not the ``ceil(H / s) x ceil(W / s)`` block grid of any ``s``."""
+    stride = -(-height // map_height)
+    if stride < 1 or -(-height // stride) != map_height or -(-width // stride) != map_width:
+        raise ValueError(f"a kernel map of {map_height}x{map_width} is not a block grid of a {height}x{width} image")
+    return stride
+
+
 def expand_kernel_map(kernels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Spread a coarse kernel map (one kernel per ``s x s`` block, a Kernel ControlNet with ``kernel_stride = s``)
     to every pixel of an ``height x width`` image: each block's pixels get its kernel. A per-pixel map of that size
@@ -74,11 +83,44 @@ def expand_kernel_map(kernels: torch.Tensor, height: int, width: int) -> torch.T
     h, w = kernels.shape[-2:]
     if (h, w) == (height, width):
         return kernels
-    stride = -(-height // h)
-    if stride < 1 or -(-height // stride) != h or -(-width // stride) != w:
-        raise ValueError(f"a kernel map of {h}x{w} is not a block grid of a {height}x{width} image")
+    stride = kernel_map_stride(height, width, h, w)
     expanded = kernels.repeat_interleave(stride, dim=-2).repeat_interleave(stride, dim=-1)
     return expanded[..., :height, :width]
+
+
+def block_centre_indices(size: int, blocks: int) -> torch.Tensor:
+    """Row (or column) index of the centre pixel of each of ``blocks`` blocks along an image side of ``size``
+    pixels (blocks of ``ceil(size / blocks)``; a partial last block's centre is clamped into the image)."""
+    stride = -(-size // blocks)
+    return (torch.arange(blocks) * stride + stride // 2).clamp(max=size - 1)
+
+
+def apply_block_kernels_at_centres(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Blur the centre pixel of every block of ``image`` ``[B, C, H, W]`` with its block's kernel, from a coarse
+    map ``kernels`` ``[B, m*m, h, w]`` (one kernel per block, a Kernel ControlNet with ``kernel_stride > 1``).
+
+    Returns ``[B, C, h, w]``: ``apply_per_pixel_kernels(image, expand_kernel_map(kernels, H, W))`` at the pixels
+    ``block_centre_indices`` picks, at about ``1 / s**2`` of its cost (the full map repeats each kernel ``s * s``
+    times and unfolds every pixel's ``m x m`` window). Same tap layout and border padding; differentiable.
+
+    Example:
+        >>> img = torch.rand(1, 3, 12, 12)
+        >>> apply_block_kernels_at_centres(img, identity_kernels(1, 5, 3, 3)).shape
+        torch.Size([1, 3, 3, 3])
+    """
+    b, c, height, width = image.shape
+    h, w = kernels.shape[-2:]
+    m = kernel_size_from_channels(kernels.shape[1])
+    kernel_map_stride(height, width, h, w)  # a map that is not a block grid: the same ValueError
+    r = m // 2
+    pad_mode = "reflect" if (height > r and width > r) else "replicate"
+    padded = F.pad(image, (r, r, r, r), mode=pad_mode)
+    taps = torch.arange(m, device=image.device)
+    # Padded coordinates of every centre's m x m window: rows [h, m], columns [w, m].
+    rows = block_centre_indices(height, h).to(image.device)[:, None] + taps[None, :]
+    cols = block_centre_indices(width, w).to(image.device)[:, None] + taps[None, :]
+    windows = padded[:, :, rows][..., cols]  # [B, C, h, m, w, m]
+    return torch.einsum("bchiwj,bijhw->bchw", windows, kernels.view(b, m, m, h, w).to(windows.dtype))
 
 
 def global_kernel_to_map(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -117,3 +117,35 @@ def test_expand_kernel_map_gives_every_pixel_its_blocks_kernel():
     assert expand_kernel_map(full, 10, 13) is full  # already per pixel
     with pytest.raises(ValueError, match="not a block grid"):
         expand_kernel_map(coarse, 10, 40)
+
+
+@pytest.mark.parametrize("height, width, stride", [(12, 16, 4), (10, 13, 4), (9, 9, 2)])
+def test_block_kernels_at_centres_equal_the_per_pixel_map_there(height, width, stride):
+    from fidediff_pipeline.kernel_ops import apply_block_kernels_at_centres, block_centre_indices, expand_kernel_map
+
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, height, width, dtype=torch.float64)
+    h, w = -(-height // stride), -(-width // stride)
+    kernels = torch.softmax(torch.randn(2, 25, h, w, dtype=torch.float64), dim=1)
+    full = apply_per_pixel_kernels(image, expand_kernel_map(kernels, height, width))
+    rows, cols = block_centre_indices(height, h), block_centre_indices(width, w)
+    assert rows.max() < height and cols.max() < width  # a partial last block's centre stays inside
+    assert torch.allclose(apply_block_kernels_at_centres(image, kernels), full[..., rows, :][..., cols])
+    with pytest.raises(ValueError, match="not a block grid"):
+        apply_block_kernels_at_centres(image, kernels[..., : h - 1, :])
+
+
+def test_reblur_loss_of_a_coarse_map_is_zero_for_the_true_kernel_and_grows_with_a_wrong_one():
+    from fidediff_pipeline.data.camera_response import reblur_in_linear_light
+    from fidediff_pipeline.kernel_ops import linear_motion_kernel
+    from fidediff_pipeline.losses import reblur_loss
+
+    torch.manual_seed(0)
+    sharp = torch.rand(1, 3, 32, 32)
+    true = torch.from_numpy(linear_motion_kernel(7, 0.0, size=9)).float()
+    blurry = reblur_in_linear_light(sharp, global_kernel_to_map(true, 32, 32), crf="gamma2.2")
+    coarse = global_kernel_to_map(true, 8, 8)  # one kernel per 4 x 4 block
+    wrong = global_kernel_to_map(true.T.contiguous(), 8, 8)  # the perpendicular blur
+    assert float(reblur_loss(sharp, blurry, coarse)) < 1e-5
+    assert float(reblur_loss(sharp, blurry, wrong)) > 0.02
+    assert float(reblur_loss(sharp, blurry, wrong, "srgb")) > 0.02

@@ -58,7 +58,7 @@ def from_linear(signal, crf: str = DEFAULT_CRF):
     return _clip01(signal) ** (1.0 / GAMMA)
 
 
-def reblur_in_linear_light(image, kernels, crf: str = DEFAULT_CRF, eps: float = 1e-7):
+def reblur_in_linear_light(image, kernels, crf: str = DEFAULT_CRF, eps: float = 1e-7, apply=None):
     """Reblur ``image`` ``[B, C, H, W]`` (values in [0, 1]) with per-pixel ``kernels`` ``[B, m*m, H, W]``
     the way the data builders blurred it: linearise, apply the kernels, re-apply the camera response.
 
@@ -66,7 +66,8 @@ def reblur_in_linear_light(image, kernels, crf: str = DEFAULT_CRF, eps: float = 
     With ``"gamma2.2"`` the result is clamped at ``eps`` before ``** (1 / 2.2)`` so its gradient stays
     finite at black (the value error this adds is at most ``eps ** (1 / 2.2)``, 7e-4 for the default).
     Use it for the reblur loss when the training data were built with ``gamma2.2``: a plain
-    ``apply_per_pixel_kernels`` on stored values misses such data at high-contrast edges.
+    ``apply_per_pixel_kernels`` on stored values misses such data at high-contrast edges. ``apply`` replaces
+    ``apply_per_pixel_kernels`` (e.g. ``kernel_ops.apply_block_kernels_at_centres`` for a coarse kernel map).
 
     Example:
         >>> import torch
@@ -79,7 +80,8 @@ def reblur_in_linear_light(image, kernels, crf: str = DEFAULT_CRF, eps: float = 
     from fidediff_pipeline.kernel_ops import apply_per_pixel_kernels
 
     check_crf(crf)
+    apply = apply or apply_per_pixel_kernels
     if crf == "linear":
-        return apply_per_pixel_kernels(image, kernels)
-    blurred = apply_per_pixel_kernels(to_linear(image, crf), kernels)
+        return apply(image, kernels)
+    blurred = apply(to_linear(image, crf), kernels)
     return from_linear(blurred.clamp(min=eps), crf)
