@@ -186,16 +186,16 @@ def stage_plan(args, work: Path) -> list[dict]:
     # 64 px crops (32 x 32 latents): room for the longest blur paths (~21 px at n = 15).
     # --latent_weight and --fft_weight are not in the paper: a from-scratch UNet learnt only a pass-through from
     # the pixel losses; the spectrum term weighs the high frequencies that blur removed.
-    base_flags = ["--init_from", str(vae), "--resolution", "64", "--train_batch_size", "4",
-                  "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "1e-3", "--latent_weight", "1.0",
-                  "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
-                  "--edge_weight", "0.5", "--fft_weight", "0.5", "--gan_weight", "0.01", "--gan_loss",
-                  "non_saturating", "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
+    base_training = ["--resolution", "64", "--train_batch_size", "4",
+                     "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "1e-3", "--latent_weight", "1.0",
+                     "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
+                     "--edge_weight", "0.5", "--fft_weight", "0.5", "--gan_weight", "0.01", "--gan_loss",
+                     "non_saturating", "--discriminator_learning_rate", "1e-4", "--color_fix_sigma", str(COLOR_FIX_SIGMA)]
+    base_flags = ["--init_from", str(vae), *base_training]
     if args.init_base_from:
         # Warm start: stage 1 continues from an earlier stage-1 UNet (converted by warm_start_base) at half the
         # learning rate, so the restart does not undo what it learnt.
-        base_init = ["--init_from", str(work / "base_init"), "--learning_rate", "5e-4"]
-        base_flags_1 = [*base_flags[2:], *base_init]
+        base_flags_1 = [*base_training, "--init_from", str(work / "base_init"), "--learning_rate", "5e-4"]
     else:
         base_flags_1 = base_flags
     plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
