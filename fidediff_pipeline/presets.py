@@ -141,6 +141,7 @@ PRESET_SETTINGS = {
         regressor_channels=64,
         kernel_embedding_channels=64,
         kernel_stride=1,  # the paper's per-pixel kernels
+        estimator_autocorrelation_radius=0,  # the paper's M reads the image only
     ),
     "tiny": dict(
         unet=tiny_unet_config,
@@ -157,6 +158,9 @@ PRESET_SETTINGS = {
         regressor_channels=32,
         kernel_embedding_channels=16,
         kernel_stride=4,
+        # M also reads the local autocorrelation of the image's gradients up to 14 px apart (not in the paper):
+        # without it M predicted one average kernel for every blur after 3000 steps (docs/tiny_results.md).
+        estimator_autocorrelation_radius=14,
     ),
 }
 
@@ -204,6 +208,7 @@ def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None):
         regressor_channels=settings["regressor_channels"],
         kernel_embedding_channels=settings["kernel_embedding_channels"],
         kernel_stride=settings["kernel_stride"],
+        estimator_autocorrelation_radius=settings["estimator_autocorrelation_radius"],
     )
 
 

@@ -103,3 +103,41 @@ def test_kernel_stride_is_checked_and_old_configs_default_to_per_pixel():
     paper = KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_channels=(16, 32, 64))
     assert paper.kernel_stride == 1
     assert paper(image=torch.zeros(1, 3, 20, 24)).kernels.shape == (1, 25, 20, 24)
+
+
+def _blur_along(image: torch.Tensor, length: int, vertical: bool) -> torch.Tensor:
+    kernel = torch.full((1, 1, length, 1) if vertical else (1, 1, 1, length), 1.0 / length)
+    return torch.nn.functional.conv2d(image, kernel.expand(3, 1, -1, -1).contiguous(), groups=3)
+
+
+@pytest.mark.parametrize("vertical", [False, True])
+def test_gradient_autocorrelation_has_its_ridge_along_the_blur(vertical):
+    from fidediff_pipeline.models.modeling_kernel_controlnet import GradientAutocorrelation
+
+    torch.manual_seed(0)
+    blurry = _blur_along(torch.rand(1, 3, 80, 80) * 2 - 1, 9, vertical)  # white-noise texture, 9 px blur
+    features = GradientAutocorrelation(radius=6, stride=4)
+    out = features(blurry)
+    h, w = blurry.shape[-2:]
+    assert out.shape == (1, features.num_features, -(-h // 4), -(-w // 4))
+    mean = out.mean(dim=(0, 2, 3))
+    along = features.offsets.index((4, 0) if vertical else (0, 4))
+    across = features.offsets.index((0, 4) if vertical else (4, 0))
+    assert mean[along] > 0.3 and abs(float(mean[across])) < 0.1, (float(mean[along]), float(mean[across]))
+    # A sharp (white) texture correlates with nothing 4 px away.
+    assert features(torch.rand(1, 3, 64, 64)).mean(dim=(0, 2, 3)).abs()[along] < 0.05
+
+
+def test_estimator_autocorrelation_is_off_in_the_paper_preset_and_checked():
+    from fidediff_pipeline.presets import PRESET_SETTINGS
+
+    assert PRESET_SETTINGS["sd21-base"]["estimator_autocorrelation_radius"] == 0
+    unet = build_unet("tiny")
+    paper = KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_channels=(16, 32, 64))
+    assert paper.kernel_estimator.autocorrelation is None
+    with_features = KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_channels=(16, 32, 64),
+                                                    kernel_stride=4, estimator_autocorrelation_radius=8)
+    kernels = with_features(image=torch.rand(1, 3, 30, 42)).kernels
+    assert kernels.shape == (1, 25, 8, 11) and torch.allclose(kernels.sum(dim=1), torch.ones(1, 8, 11))
+    with pytest.raises(ValueError, match="estimator_autocorrelation_radius must be 0 \\(off\\) or a positive int"):
+        KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_autocorrelation_radius=-1)
