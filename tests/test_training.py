@@ -620,3 +620,19 @@ def test_resume_with_an_empty_rng_file_says_it_is_not_exact(data, tmp_path, capl
         train_base.main([*flags, "--resume_from_checkpoint", "latest"])
     assert "--resume_from_checkpoint latest:" in caplog.text and "checkpoint-2" in caplog.text
     assert "random_states_0.pkl is empty or unreadable" in caplog.text and "no longer exact" in caplog.text
+
+
+def test_time_only_refits_t_and_leaves_everything_else_as_it_was(stage_outputs, data, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "time"
+    train_kernel.main(["--init_from", str(stage_outputs / "kcn" / "pipeline"), *_flags(data, out, steps=3),
+                       "--time_weight", "1", "--time_only", "--learning_rate", "1e-2"])
+    before = load_file(next((stage_outputs / "kcn" / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    after = load_file(next((out / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("timestep_regressor.") for k in changed), sorted(changed)[:5]
+    assert set(_summary(out)) >= {"time", "t_mae"} and "reblur" not in _summary(out)
+    with pytest.raises(SystemExit):
+        train_kernel.parse_args(["--init_from", "x", "--time_only"])  # no --time_weight: refused

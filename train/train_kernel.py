@@ -44,8 +44,13 @@ def parse_args(argv=None):
     parser.add_argument("--kernel_moment_weight", type=float, default=0.0,
                         help="NOT IN THE PAPER (0 = off): L1 between the centroid and second moments (offset, length, "
                              "direction) of M's kernels and the true kernels (fidediff_pipeline.losses.kernel_moment_loss)")
+    parser.add_argument("--time_only", action="store_true",
+                        help="NOT IN THE PAPER: train only the t-regressor T on the frozen M's kernels (time loss "
+                             "alone; needs --time_weight > 0), e.g. to refit T to M after stage 3 changed M")
     parser.set_defaults(learning_rate=1e-4, levels_per_group=3)
     args = parser.parse_args(argv)
+    if args.time_only and args.time_weight <= 0:
+        parser.error("--time_only trains T alone: give it a --time_weight > 0")
     if not args.init_from:
         parser.error("--init_from <stage-1 pipeline folder> is required")
     if min(args.kernel_weight, args.time_weight, args.kernel_moment_weight) < 0:
@@ -59,9 +64,10 @@ class KernelStageModel(nn.Module):
     """M alone: ``forward(batch)`` returns the reblur loss."""
 
     def __init__(self, kernel_estimator, reblur_space: str, timestep_regressor=None, time_weight: float = 0.0,
-                 kernel_weight: float = 0.0, kernel_moment_weight: float = 0.0):
+                 kernel_weight: float = 0.0, kernel_moment_weight: float = 0.0, time_only: bool = False):
         super().__init__()
         self.kernel_estimator = kernel_estimator
+        self.time_only = time_only
         self.timestep_regressor = timestep_regressor if time_weight > 0 else None
         self.reblur_space, self.time_weight, self.kernel_weight = reblur_space, time_weight, kernel_weight
         self.kernel_moment_weight = kernel_moment_weight
@@ -71,6 +77,16 @@ class KernelStageModel(nn.Module):
 
         device = next(self.kernel_estimator.parameters()).device
         blurry, sharp = batch["blurry"].to(device), batch["sharp"].to(device)
+        if self.time_only:  # M frozen: T alone learns to read its kernels
+            from fidediff_pipeline.losses import time_regression_loss
+
+            with torch.no_grad():
+                kernels = self.kernel_estimator(common.to_model_range(blurry))
+            timesteps = batch["timesteps"].to(device)
+            predicted = self.timestep_regressor(kernels)
+            t_loss = time_regression_loss(predicted, timesteps)
+            return {"loss": self.time_weight * t_loss, "time": t_loss.detach(),
+                    "t_mae": (predicted.detach() - timesteps.float()).abs().mean()}
         kernels = self.kernel_estimator(common.to_model_range(blurry))
         reblur = reblur_loss(sharp, blurry, kernels, self.reblur_space)
         logs = {"reblur": reblur.detach()}
@@ -108,12 +124,15 @@ class KernelStage(common.Stage):
         kcn = self.pipe.kernel_controlnet
         self.kernel_size = kcn.config.kernel_size
         common.freeze(self.pipe.vae, self.pipe.unet, self.pipe.prompt_embedding, kcn)
-        kcn.kernel_estimator.requires_grad_(True).train()
+        if args.time_only:
+            kcn.kernel_estimator.eval()
+        else:
+            kcn.kernel_estimator.requires_grad_(True).train()
         if args.time_weight > 0:
             kcn.timestep_regressor.requires_grad_(True).train()
         self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight,
-                                      args.kernel_weight, args.kernel_moment_weight)
-        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0
+                                      args.kernel_weight, args.kernel_moment_weight, args.time_only)
+        self.with_kernels = not args.time_only and (args.kernel_weight > 0 or args.kernel_moment_weight > 0)
 
     @torch.no_grad()
     def validate(self, pairs, args, step, accelerator) -> dict:
