@@ -22,13 +22,13 @@ from fidediff_pipeline import DEFAULT_MODEL, FideDiffPipeline  # noqa: E402
 pytestmark = pytest.mark.skipif(not Path(DEFAULT_MODEL, "model_index.json").is_file(),
                                 reason="no bundled checkpoint (run train/make_tiny.py)")
 
-# Regression guards, set below what the bundled checkpoint measures on these crops (mean +0.60 dB; per level
-# +0.49 / +0.90 / +0.40 dB at n = 7 / 11 / 15; t-MAE 40 / 40 / 120: it predicts t of about 160 for every crop) and
-# far above a pass-through (about -0.3 dB): they fail if the checkpoint stops deblurring. The floors (+1.5 dB
-# mean, +0.5 dB per level, t-MAE <= 40) are NOT met by this checkpoint: docs/tiny_results.md.
-MEAN_GAIN_FLOOR = 0.4
+# Regression guards, set below what the bundled checkpoint measures on these crops (mean +0.58 dB; per level
+# +0.34 / +0.90 / +0.51 dB at n = 7 / 11 / 15; t-MAE 40 / 29 / 100) and far above a pass-through (about -0.3 dB):
+# they fail if the checkpoint stops deblurring. The floors (+1.5 dB mean, +0.5 dB per level, t-MAE <= 40)
+# are NOT met by this checkpoint: docs/tiny_results.md.
+MEAN_GAIN_FLOOR = 0.45
 LEVEL_GAIN_FLOOR = 0.2
-T_MAE_LIMIT = 130
+T_MAE_LIMIT = 110
 
 CROPS = [(("skimage", "coffee"), 60, 150), (("skimage", "chelsea"), 40, 150), (("sklearn", "china"), 80, 120),
          (("skimage", "coffee"), 140, 40)]
@@ -91,14 +91,25 @@ def test_bundled_checkpoint_predicts_the_blur_level(results):
         assert np.mean(errors) < T_MAE_LIMIT, (n, errors)
 
 
-@pytest.mark.xfail(reason="NOT met by this checkpoint: its kernel estimator predicts about the same ~8.5 px kernel at "
-                          "~128 degrees for every blur (docs/tiny_results.md), so t-prediction is near-constant too",
-                   strict=False)
-def test_estimated_kernels_follow_straight_blurs(pipe):
+@pytest.fixture(scope="module")
+def kernel_rows(pipe):
     from train.evaluate_tiny import kernel_direction_scores
     from train.make_tiny import load_photo
 
     photos = [load_photo(name)[top: top + 128, left: left + 128] for name, top, left in CROPS[:3]]
-    for row in kernel_direction_scores(pipe, photos):
+    return kernel_direction_scores(pipe, photos)
+
+
+def test_estimated_kernels_follow_the_direction_of_straight_blurs(kernel_rows):
+    # Measured: at most 8.3 degrees off over 9, 15, 21 px at 0, 45, 90, 135 degrees (the previous checkpoint's
+    # estimator gave one ~128-degree kernel for all of them).
+    assert len(kernel_rows) == 12
+    for row in kernel_rows:
         assert row["angle_error"] <= 20, row
+
+
+@pytest.mark.xfail(reason="NOT met by this checkpoint: 2 of the 12 straight blurs (9 px at 45 degrees, 21 px at 90 "
+                          "degrees) come out 38% off in length (the floor is 35%; docs/tiny_results.md)", strict=False)
+def test_estimated_kernels_follow_the_length_of_straight_blurs(kernel_rows):
+    for row in kernel_rows:
         assert row["length_error"] <= 0.35, row
