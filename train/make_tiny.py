@@ -468,11 +468,12 @@ def main(argv=None):
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # Minutes per stage, kept across invocations (a rerun skips finished stages).
+    planned = {job["name"] for job in plan}
     timings = {name: minutes for name, minutes in {**previous.get("stage_minutes", {}), **timings}.items()
-               if name in {job["name"] for job in plan}}
+               if name in planned}
     summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
                "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()
-                         if k in {job["name"] for job in plan}},
+                         if k in planned},
                "init_base_from": args.init_base_from, "refit_t": args.refit_t,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     from fidediff_pipeline.atomic_io import write_text_atomic

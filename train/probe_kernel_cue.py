@@ -33,19 +33,20 @@ LEVELS = (7, 11, 15)
 
 
 def cue_axis(blurry: torch.Tensor, radius: int = 14) -> float:
-    """Direction (degrees, ``kernel_principal_axis``'s convention) of the gradient autocorrelation of a whole
-    crop ``[3, H, W]``: second moments of the offsets weighted by their (non-negative) correlation."""
+    """Direction (degrees) of the gradient autocorrelation of a whole crop ``[3, H, W]``: its (non-negative)
+    correlations laid out as a symmetric kernel over the offsets, measured by ``kernel_principal_axis``."""
+    from fidediff_pipeline.kernel_ops import kernel_principal_axis
     from fidediff_pipeline.models.modeling_kernel_controlnet import GradientAutocorrelation
 
     h, w = blurry.shape[-2:]
     size = max(h, w)
     features = GradientAutocorrelation(radius, stride=size, window=size)
-    values = features(blurry[None] * 2 - 1)[0, :, 0, 0].clamp(min=0).numpy()
-    offsets = np.array(features.offsets, dtype=np.float64)  # (dy, dx); each also stands for its mirror
-    dy, dx = offsets[:, 0], offsets[:, 1]
-    syy, sxx, sxy = (values * dy * dy).sum(), (values * dx * dx).sum(), (values * dx * dy).sum()
-    # Angle counter-clockwise from x as seen on screen (y down), as kernel_principal_axis reports it.
-    return float(np.degrees(0.5 * np.arctan2(-2 * sxy, sxx - syy)) % 180)
+    values = features(blurry[None] * 2 - 1)[0, :, 0, 0].clamp(min=0).double().numpy()
+    ridge = np.zeros((2 * radius + 1, 2 * radius + 1))
+    ridge[radius, radius] = 1.0  # offset 0: no effect on the symmetric second moments, keeps the sum positive
+    for (dy, dx), value in zip(features.offsets, values):  # each offset also stands for its mirror
+        ridge[radius + dy, radius + dx] = ridge[radius - dy, radius - dx] = value
+    return kernel_principal_axis(ridge)[0]
 
 
 def measure(crops_per_level: int, seed: int) -> dict:
