@@ -114,3 +114,23 @@ def test_default_tile_size_is_larger_for_a_unet_without_self_attention():
     pipe = build_pipeline("tiny", seed=0)
     assert pipe._default_tile_size() == 256
     assert not pipe._needs_tiling(512, 512, 256) and pipe._needs_tiling(513, 512, 256)
+
+
+def test_channels_last_on_the_cpu_gives_the_reference_output():
+    """The CPU path runs the models on channels-last tensors (faster); the bundled checkpoint's output, kernels and
+    t must equal the default-layout path's within 1e-4, untiled and tiled (issue 15)."""
+    from fidediff_pipeline import DEFAULT_MODEL
+
+    pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    image = np.random.default_rng(3).random((72, 88, 3)).astype(np.float32)
+    outputs = {}
+    for channels_last in (True, False):
+        pipe.channels_last_on_cpu = channels_last
+        untiled = pipe(image, output_type="np", return_kernels=True)
+        tiled = pipe(image, output_type="np", tiling=True, tile_size=24, tile_overlap=8)
+        outputs[channels_last] = (untiled, tiled)
+    fast, reference = outputs[True], outputs[False]
+    np.testing.assert_allclose(fast[0].images, reference[0].images, atol=1e-4)
+    np.testing.assert_allclose(fast[0].kernels[0], reference[0].kernels[0], atol=1e-4)
+    np.testing.assert_allclose(fast[1].images, reference[1].images, atol=1e-4)
+    assert fast[0].timesteps == reference[0].timesteps

@@ -67,6 +67,19 @@ TRAIN_PHOTOS = (("skimage", "astronaut"), ("skimage", "rocket"), ("skimage", "hu
                 ("skimage", "retina"), ("sklearn", "flower"),
                 ("skimage", "brick"), ("skimage", "camera"), ("skimage", "grass"), ("skimage", "gravel"),
                 ("skimage", "moon"), ("skimage", "clock"), ("skimage", "coins"))
+# Debian's opencv-doc package (OpenCV's sample data): colour photos of objects, animals, buildings, aerial views and
+# a circuit board, plus one grey photo. Left out: blurred on purpose (licenseplate_motion, text_*), synthetic or
+# drawn (pic*, fuzzy, ellipses, logos, chessboards, digits, the anime face), paintings (starry_night) and the
+# second view of each stereo or sequence pair (aloeR, leuvenB, rubberwhale2, ...: nearly the same content).
+OPENCV_PHOTOS = tuple(("opencv", name) for name in (
+    "data/aero1.jpg", "data/aero3.jpg", "data/aloeL.jpg", "data/apple.jpg", "data/baboon.jpg", "data/board.jpg",
+    "data/building.jpg", "data/butterfly.jpg", "data/ela_original.jpg", "data/fruits.jpg", "data/home.jpg",
+    "data/leuvenA.jpg", "data/messi5.jpg", "data/orange.jpg", "data/squirrel_cls.jpg", "data/stuff.jpg",
+    "data/chicky_512.png", "data/graf1.png", "data/rubberwhale1.png", "data/smarties.png", "data/basketball1.png",
+    "alphamat/input_images/plant.jpg", "hfs/data/000.jpg"))
+# Where Debian's opencv-doc installs them (`apt-get install opencv-doc`; or `apt-get download opencv-doc` and
+# `dpkg-deb -x` it anywhere, then pass --opencv_examples <that>/usr/share/doc/opencv-doc/examples).
+OPENCV_EXAMPLES = Path("/usr/share/doc/opencv-doc/examples")
 HELDOUT_PHOTOS = (("skimage", "coffee"), ("skimage", "chelsea"), ("sklearn", "china"))
 DEAD_LEAVES = 16  # procedural images (320 px), about half of the training content
 EVAL_FRAMES = (7, 11, 15)
@@ -86,15 +99,20 @@ STEPS = {"vae": 2500, "base": 2100, "kernel": 2500, "kcn": 600, "time": 1500, "b
 
 
 def photo_label(source_name) -> str:
-    return source_name[1]
+    source, name = source_name
+    if source == "opencv":  # a path inside opencv-doc's examples: "data/aero1.jpg" -> "opencv_aero1"
+        return "opencv_" + Path(name).stem if Path(name).parts[0] == "data" else "opencv_" + Path(name).parts[0]
+    return name
 
 
-def load_photo(name) -> np.ndarray:
+def load_photo(name, opencv_examples: Path = OPENCV_EXAMPLES) -> np.ndarray:
     """A sample photo (``"coffee"`` or ``(source, name)``) as uint8 RGB, short side resized to 256 px (antialiased)."""
     from PIL import Image
 
     source, name = ("skimage", name) if isinstance(name, str) else name
-    if source == "sklearn":
+    if source == "opencv":
+        image = np.asarray(Image.open(Path(opencv_examples) / name).convert("RGB"))
+    elif source == "sklearn":
         from sklearn.datasets import load_sample_image
 
         image = load_sample_image(f"{name}.jpg")
@@ -116,15 +134,18 @@ def load_photo(name) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def write_photos(names, folder: Path) -> list[Path]:
+def write_photos(names, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES) -> list[Path]:
     from PIL import Image
+
+    from fidediff_pipeline.atomic_io import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:
         path = folder / f"{photo_label(name)}.png"
         if not path.exists():
-            Image.fromarray(load_photo(name)).save(path)
+            with atomic_path(path) as tmp:
+                Image.fromarray(load_photo(name, opencv_examples)).save(tmp, format="PNG")
         paths.append(path)
     return paths
 
@@ -426,6 +447,10 @@ def parse_args(argv=None):
     p.add_argument("--refit_t", action="store_true",
                    help="after stage 3, refit the t-regressor alone to the final kernel estimator ('time' stage; "
                         "export its result). Off by default: it lowered t-MAE but also the PSNR gain")
+    p.add_argument("--opencv_examples", type=str, default=str(OPENCV_EXAMPLES),
+                   help="Debian opencv-doc's examples folder: OPENCV_PHOTOS are trained on from there")
+    p.add_argument("--no_opencv_photos", dest="opencv_photos", action="store_false",
+                   help="train without OpenCV's sample photos (the recipe before they were added)")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(STEPS),
                    help="run only these stages (their needs must be done) and skip the export")
     args = p.parse_args(argv)
@@ -439,6 +464,13 @@ def parse_args(argv=None):
         p.error("--only time needs --refit_t")
     if set(args.steps) - set(STEPS):
         p.error(f"--steps: unknown stage(s) {sorted(set(args.steps) - set(STEPS))}; stages: {sorted(STEPS)}")
+    if args.opencv_photos:
+        missing = [name for _, name in OPENCV_PHOTOS if not Path(args.opencv_examples, name).is_file()]
+        if missing:
+            p.error(f"OpenCV's sample photos are not in {args.opencv_examples} ({len(missing)} of "
+                    f"{len(OPENCV_PHOTOS)} missing, e.g. {missing[0]}): install Debian's opencv-doc "
+                    "(apt-get install opencv-doc), or pass --opencv_examples DIR (its examples folder), or "
+                    "--no_opencv_photos")
     if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
         p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
     return args
@@ -453,7 +485,7 @@ def main(argv=None):
     t0 = time.time()
 
     train_dir = work / "photos" / "train"
-    write_photos(TRAIN_PHOTOS, train_dir)
+    write_photos(TRAIN_PHOTOS + (OPENCV_PHOTOS if args.opencv_photos else ()), train_dir, Path(args.opencv_examples))
     write_dead_leaves(DEAD_LEAVES, train_dir, args.seed)
     heldout = write_photos(HELDOUT_PHOTOS, work / "photos" / "heldout")
     manifest = build_heldout_set(heldout, work / "data" / "heldout", args.seed)
@@ -475,6 +507,7 @@ def main(argv=None):
                "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()
                          if k in planned},
                "init_base_from": args.init_base_from, "refit_t": args.refit_t,
+               "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     from fidediff_pipeline.atomic_io import write_text_atomic
 
