@@ -26,11 +26,36 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def iterate_tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(y0, y1, x0, x1)`` windows covering a ``height x width`` grid."""
-    for y0 in tile_starts(height, tile, overlap):
-        for x0 in tile_starts(width, tile, overlap):
-            yield y0, min(y0 + tile, height), x0, min(x0 + tile, width)
+def balanced_tiles(length: int, tile: int, overlap: int, multiple: int = 8) -> tuple[int, list[int]]:
+    """The size and start offsets of the fewest tiles of at most ``tile`` that cover ``[0, length)`` with at least
+    ``overlap`` shared pixels, all shrunk to one size (a multiple of ``multiple`` where it fits) and spread evenly.
+
+    As many tiles as `tile_starts` gives, but no more pixels than they need: full-size tiles with the last one
+    aligned to the end overlap the one before by far more than ``overlap`` (512 latents in tiles of 256 with
+    overlap 64: three tiles, 768 pixels per axis; balanced: three of 216, 648 pixels), and every pixel a tile
+    repeats is recomputed.
+
+    Example:
+        >>> balanced_tiles(512, 256, 64)
+        (216, [0, 148, 296])
+    """
+    starts = tile_starts(length, tile, overlap)
+    count = len(starts)
+    if count == 1:
+        return min(tile, length), [0]
+    size = -(-(length + (count - 1) * overlap) // count)  # ceil: the smallest size that keeps the overlap
+    size = min(size + (-size) % multiple, tile)
+    return size, [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def iterate_tiles(height: int, width: int, tile: int, overlap: int, multiple: int = 8
+                  ) -> Iterator[tuple[int, int, int, int]]:
+    """Yield ``(y0, y1, x0, x1)`` windows covering a ``height x width`` grid (`balanced_tiles` on each axis)."""
+    tile_h, starts_y = balanced_tiles(height, tile, overlap, multiple)
+    tile_w, starts_x = balanced_tiles(width, tile, overlap, multiple)
+    for y0 in starts_y:
+        for x0 in starts_x:
+            yield y0, y0 + tile_h, x0, x0 + tile_w
 
 
 def gaussian_weights(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:

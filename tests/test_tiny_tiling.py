@@ -9,7 +9,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from fidediff_pipeline import DEFAULT_MODEL, FideDiffPipeline
 from fidediff_pipeline.data import blur_image_along_trajectory
-from fidediff_pipeline.tiling import tile_starts
+from fidediff_pipeline.tiling import balanced_tiles
 
 pytestmark = pytest.mark.skipif(not Path(DEFAULT_MODEL).is_dir(), reason="the bundled tiny checkpoint is not built")
 
@@ -43,9 +43,9 @@ def test_no_seams_at_tile_borders(tiled_and_untiled):
     pipe, _, untiled, tiled, tile = tiled_and_untiled
     pixels_per_latent = pipe.vae_scale_factor // 2
     latent = 512 * 2 // pipe.vae_scale_factor
-    starts = tile_starts(latent, tile, tile // 4)
+    size, starts = balanced_tiles(latent, tile, tile // 4)
     assert len(starts) > 1, "the test image must span several tiles"
-    borders = sorted({(s + tile) * pixels_per_latent for s in starts[:-1]} | {s * pixels_per_latent for s in starts[1:]})
+    borders = sorted({(s + size) * pixels_per_latent for s in starts[:-1]} | {s * pixels_per_latent for s in starts[1:]})
     diff = np.abs(tiled - untiled).mean(axis=2)
     column_error = diff.mean(axis=0)
     at_borders = np.mean([column_error[max(b - 1, 0):b + 1].mean() for b in borders])
@@ -53,3 +53,16 @@ def test_no_seams_at_tile_borders(tiled_and_untiled):
     # and the tiled output has no jump in its own gradient at the borders
     gradient = np.abs(np.diff(tiled.mean(axis=2), axis=1)).mean(axis=0)
     assert np.mean([gradient[b - 1] for b in borders]) < 2.0 * gradient.mean()
+
+
+def test_balanced_tiles_cover_with_the_overlap_and_fewer_pixels():
+    from fidediff_pipeline.tiling import tile_starts
+
+    for length in range(1, 700, 13):
+        for tile, overlap in ((256, 64), (128, 32), (64, 16), (24, 8), (16, 0)):
+            size, starts = balanced_tiles(length, tile, overlap)
+            assert size <= tile and starts[0] == 0 and starts[-1] + size == length
+            assert len(starts) == len(tile_starts(length, tile, overlap))  # as many tiles (UNet calls) as before
+            assert all(a + size - b >= overlap for a, b in zip(starts, starts[1:]))
+            assert len(starts) * size <= len(starts) * min(tile, length)
+    assert balanced_tiles(512, 256, 64) == (216, [0, 148, 296])  # full-size tiles: 3 x 256 = 768 pixels per axis
