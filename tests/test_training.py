@@ -89,7 +89,7 @@ def stage_outputs(data, tmp_path_factory):
     train_kernel.main(["--init_from", str(root / "base" / "pipeline"), "--preset", "tiny", "--kernel_size", "11",
                        *_flags(data, root / "kernel"), "--time_weight", "1", "--kernel_weight", "1"])
     train_kcn.main(["--init_from", str(root / "kernel" / "pipeline"), *_flags(data, root / "kcn"), "--lpips_weight", "0",
-                    "--fft_weight", "0.5"])
+                    "--fft_weight", "0.5", "--kernel_moment_weight", "1"])
     return root
 
 
@@ -125,8 +125,9 @@ def test_every_validation_is_recorded_per_level_and_the_best_pipeline_is_kept(st
 
 def test_kcn_stage_logs_its_loss_terms(stage_outputs):
     summary = _summary(stage_outputs / "kcn")
-    for key in ("l1", "reblur", "time", "t_mae", "val/psnr_output"):
+    for key in ("l1", "reblur", "time", "t_mae", "val/psnr_output", "kernel_moments"):  # true-kernel term on
         assert key in summary
+    assert "kernel_l1" not in summary  # --kernel_weight was 0
 
 
 def test_lora_is_fused_on_export_and_reloads_identically(data, tmp_path):

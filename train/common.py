@@ -110,6 +110,32 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_kernel_supervision_args(parser) -> None:
+    """``--kernel_weight`` / ``--kernel_moment_weight``: M supervised with the synthetic data's true kernels (stages 2
+    and 3; not in the paper)."""
+    parser.add_argument("--kernel_weight", type=float, default=0.0,
+                        help="NOT IN THE PAPER (0 = off): L1 between M's per-pixel kernels and the true kernels of "
+                             "synthetic data (fidediff_pipeline.losses.kernel_supervision_loss); needs kernels in "
+                             "the data (--train_images, or a manifest from `fidediff data synth`)")
+    parser.add_argument("--kernel_moment_weight", type=float, default=0.0,
+                        help="NOT IN THE PAPER (0 = off): L1 between the centroid and second moments (offset, length, "
+                             "direction) of M's kernels and the true kernels (fidediff_pipeline.losses.kernel_moment_loss)")
+
+
+def kernel_supervision_terms(kernels, batch: dict, args) -> tuple[torch.Tensor | float, dict]:
+    """The weighted true-kernel losses of `add_kernel_supervision_args` (0.0 and no logs when both are off)."""
+    from fidediff_pipeline.losses import kernel_moment_loss, kernel_supervision_loss
+
+    loss, logs = 0.0, {}
+    if args.kernel_weight > 0:
+        k_loss = kernel_supervision_loss(kernels, batch["kernels"].to(kernels.device))
+        loss, logs["kernel_l1"] = loss + args.kernel_weight * k_loss, k_loss.detach()
+    if args.kernel_moment_weight > 0:
+        moment_loss = kernel_moment_loss(kernels, batch["kernels"].to(kernels.device))
+        loss, logs["kernel_moments"] = loss + args.kernel_moment_weight * moment_loss, moment_loss.detach()
+    return loss, logs
+
+
 def add_perceptual_args(parser) -> None:
     """EA-LPIPS flags of stages 1 and 3 (see fidediff_pipeline.losses for the definition)."""
     g = parser.add_argument_group("EA-LPIPS")

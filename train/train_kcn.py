@@ -33,11 +33,14 @@ def parse_args(argv=None):
     g.add_argument("--reblur_weight", type=float, default=1.0, help="lambda3")
     g.add_argument("--time_weight", type=float, default=1.0, help="lambda4 (L2 on t/1000)")
     g.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (when --init_from has none)")
+    # Stage 3 also trains M (eq. 13 reaches it through the restoration, reblur and time losses); with these flags
+    # the true kernels keep it as accurate as stage 2 left it.
+    common.add_kernel_supervision_args(g)
     args = parser.parse_args(argv)
     if not args.init_from:
         parser.error("--init_from <stage-2 (or stage-1) pipeline folder> is required")
-    if args.reblur_weight < 0 or args.time_weight < 0:
-        parser.error("--reblur_weight and --time_weight must be >= 0")
+    if min(args.reblur_weight, args.time_weight, args.kernel_weight, args.kernel_moment_weight) < 0:
+        parser.error("--reblur_weight, --time_weight, --kernel_weight and --kernel_moment_weight must be >= 0")
     return args
 
 
@@ -75,8 +78,10 @@ class KCNStageModel(nn.Module):
         reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), out.kernels, args.reblur_space)
         t_loss = time_regression_loss(out.predicted_timestep, timesteps)
         latent, latent_logs = common.latent_l1_term(fz["vae"], out.z0, target, args)
-        loss = l1 + ea + latent + args.reblur_weight * reblur + args.time_weight * t_loss
+        supervision, supervision_logs = common.kernel_supervision_terms(out.kernels, batch, args)
+        loss = l1 + ea + latent + args.reblur_weight * reblur + args.time_weight * t_loss + supervision
         logs.update(latent_logs)
+        logs.update(supervision_logs)
         t_mae = (out.predicted_timestep.detach().float() - timesteps.float()).abs().mean()
         return {"loss": loss, "l1": l1.detach(), "reblur": reblur.detach(), "time": t_loss.detach(), "t_mae": t_mae, **logs}
 
@@ -99,6 +104,7 @@ class KCNStage(common.Stage):
         self.model = KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
                                    pipe.scheduler.alphas_cumprod, args, ea_loss)
         self.frozen = (pipe.vae, pipe.unet, pipe.prompt_embedding)
+        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0
 
     def validation_pipeline(self):
         self.pipe.register_modules(kernel_controlnet=common.unwrap(self.accelerator, self.model).kernel_controlnet)

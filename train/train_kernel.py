@@ -37,13 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
                              "M's training is unchanged); 0 = M alone, as in the paper")
-    parser.add_argument("--kernel_weight", type=float, default=0.0,
-                        help="NOT IN THE PAPER (0 = off): L1 between M's per-pixel kernels and the true kernels of "
-                             "synthetic data (fidediff_pipeline.losses.kernel_supervision_loss); needs kernels in "
-                             "the data (--train_images, or a manifest from `fidediff data synth`)")
-    parser.add_argument("--kernel_moment_weight", type=float, default=0.0,
-                        help="NOT IN THE PAPER (0 = off): L1 between the centroid and second moments (offset, length, "
-                             "direction) of M's kernels and the true kernels (fidediff_pipeline.losses.kernel_moment_loss)")
+    common.add_kernel_supervision_args(parser)
     parser.add_argument("--time_only", action="store_true",
                         help="NOT IN THE PAPER: train only the t-regressor T on the frozen M's kernels (time loss "
                              "alone; needs --time_weight > 0), e.g. to refit T to M after stage 3 changed M")
@@ -89,20 +83,9 @@ class KernelStageModel(nn.Module):
                     "t_mae": (predicted.detach() - timesteps.float()).abs().mean()}
         kernels = self.kernel_estimator(common.to_model_range(blurry))
         reblur = reblur_loss(sharp, blurry, kernels, self.reblur_space)
-        logs = {"reblur": reblur.detach()}
-        loss = reblur
-        if self.kernel_weight > 0:
-            from fidediff_pipeline.losses import kernel_supervision_loss
-
-            k_loss = kernel_supervision_loss(kernels, batch["kernels"])
-            loss = loss + self.kernel_weight * k_loss
-            logs["kernel_l1"] = k_loss.detach()
-        if self.kernel_moment_weight > 0:
-            from fidediff_pipeline.losses import kernel_moment_loss
-
-            moment_loss = kernel_moment_loss(kernels, batch["kernels"])
-            loss = loss + self.kernel_moment_weight * moment_loss
-            logs["kernel_moments"] = moment_loss.detach()
+        supervision, logs = common.kernel_supervision_terms(kernels, batch, self)  # self has the two weights
+        loss = reblur + supervision
+        logs["reblur"] = reblur.detach()
         if self.timestep_regressor is not None:
             from fidediff_pipeline.losses import time_regression_loss
 
