@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from train.make_tiny import (  # noqa: E402
-    DATA_KERNEL_SIZE, HELDOUT_PHOTOS, SPEED_RANGE, STEPS, UPSCALE, load_photo, photo_label,
+    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, SPEED_RANGE, STEPS, TRAIN_PHOTOS, UPSCALE, load_photo, photo_label,
 )
 
 from fidediff_pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
@@ -264,6 +264,14 @@ def fmt_table(rows: list[tuple[str, dict]], inputs: dict) -> str:
     return "\n".join(lines)
 
 
+def training_content_text(train_info: dict | None) -> str:
+    """What make_tiny trained on, from its summary (runs before OpenCV's photos were added have no count)."""
+    opencv = (train_info or {}).get("opencv_photos", 0)
+    return (f"{len(TRAIN_PHOTOS)} sample photos (scikit-image, scikit-learn)"
+            + (f", {opencv} photos of OpenCV's sample data (Debian's opencv-doc)" if opencv else "")
+            + f" and {DEAD_LEAVES} procedural dead-leaves images")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--model", default=str(REPO / "fidediff_pipeline" / "checkpoints" / "fidediff-tiny"))
@@ -340,12 +348,10 @@ def main(argv=None):
         "",
         "**A tiny CPU model, not the paper's.** `fidediff_pipeline/checkpoints/fidediff-tiny` is the tiny preset "
         "(same classes as SD 2.1-base FideDiff, a few million parameters) trained on this 2-core CPU by "
-        "`python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn) and 16 procedural dead-leaves "
-        "images, with synthetic hand-held camera-shake blur. Its numbers say nothing about the paper's GoPro results."
-        + (f" Stage 1 of this checkpoint was warm-started (`--init_base_from {warm_start}`) from the previous "
-           "checkpoint's stage-1 UNet, trained from scratch by the same recipe for "
-           "2100 steps with self-attention; the weights that fit the current tiny UNet were kept (see 'Training run')."
-           if warm_start else ""),
+        f"`python train/make_tiny.py` on {training_content_text(train_info)}, with synthetic hand-held camera-shake "
+        "blur. Its numbers say nothing about the paper's GoPro results."
+        + (f" Stage 1 of this checkpoint was warm-started (`--init_base_from {warm_start}`) from an earlier "
+           "stage-1 UNet (see 'Training run')." if warm_start else ""),
         "",
         f"Evaluation (`python train/evaluate_tiny.py`): held-out photos {photos_text} (never used in training), "
         f"short side 256 px, whole images; {args.trajectories} random trajectories per photo from the project's "
