@@ -14,8 +14,10 @@ Steps (all deterministic given ``--seed`` and the device):
 1. training content (``<work_dir>/photos/train``): every usable sample photo that installed packages ship, short
    side resized to 256 px: scikit-image's colour photos (astronaut, rocket, hubble deep field,
    immunohistochemistry, retina, motorcycle left and right), scikit-learn's ``flower``, scikit-image's grey photos
-   as RGB (brick, camera, grass, gravel, moon, clock, coins), plus ``DEAD_LEAVES`` procedural dead-leaves images
-   (``fidediff_pipeline.data.dead_leaves``: natural-image statistics, unlimited edges and textures).
+   as RGB (brick, camera, grass, gravel, moon, clock, coins), the 23 ``OPENCV_PHOTOS`` of OpenCV's sample data
+   (Debian's ``opencv-doc`` package: ``apt-get install opencv-doc``, or ``--opencv_examples DIR``), plus
+   ``DEAD_LEAVES`` procedural dead-leaves images (``fidediff_pipeline.data.dead_leaves``: natural-image
+   statistics, unlimited edges and textures).
    HELD OUT entirely (validation and evaluation only): scikit-image's coffee and chelsea (= ``cat``, so not trained
    on either), scikit-learn's china. NEVER used at all: matplotlib's sample data and Debian's wallpapers (reserved
    for independent evaluation).
@@ -394,8 +396,8 @@ with a Kernel ControlNet and t-prediction) at the size of the project's `tiny` p
 factor-2 AutoencoderTiny (TAESD architecture) with 12 latent channels, a UNet without self-attention and one
 blur kernel per 4x4 pixels from a kernel estimator that also reads the local autocorrelation of the image's
 gradients, which is not in the paper), trained on a 2-core CPU by
-`python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn) and 16 procedural dead-leaves images
-with synthetic hand-held camera-shake blur (240 fps frames averaged, n = 5-15). Expect modest sharpening of mild
+`python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn), 23 photos of OpenCV's sample data
+(Debian's opencv-doc) and 16 procedural dead-leaves images with synthetic hand-held camera-shake blur (240 fps frames averaged, n = 5-15). Expect modest sharpening of mild
 motion blur on small photos, not the paper's quality; it exists so that the demo, the CLI and the tests run offline.
 For real photos use a FideDiff model trained from Stable Diffusion 2.1-base (`train/README.md`).
 

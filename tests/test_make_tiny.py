@@ -1,0 +1,40 @@
+"""train/make_tiny.py's training content and its checks (the training itself is tested in test_training.py)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train import make_tiny  # noqa: E402
+
+
+def test_training_photos_have_unique_names_and_leave_out_the_held_out_ones():
+    training = make_tiny.TRAIN_PHOTOS + make_tiny.OPENCV_PHOTOS
+    labels = [make_tiny.photo_label(p) for p in training]
+    assert len(set(labels)) == len(labels) == 38
+    held_out = {make_tiny.photo_label(p) for p in make_tiny.HELDOUT_PHOTOS}
+    assert not held_out & set(labels) and "cat" not in labels  # skimage's cat is chelsea
+    # Reserved for independent evaluation: never a training source.
+    assert {source for source, _ in training} == {"skimage", "sklearn", "opencv"}
+
+
+def test_missing_opencv_photos_stop_with_the_install_hint(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make_tiny.parse_args(["--opencv_examples", str(tmp_path)])
+    message = capsys.readouterr().err
+    assert "opencv-doc" in message and "--no_opencv_photos" in message and "23 of 23 missing" in message
+    assert make_tiny.parse_args(["--opencv_examples", str(tmp_path), "--no_opencv_photos"]).opencv_photos is False
+
+
+def test_an_opencv_photo_loads_as_rgb_with_a_256_px_short_side(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400), dtype=np.uint8)).save(tmp_path / "data" / "x.png")
+    photo = make_tiny.load_photo(("opencv", "data/x.png"), tmp_path)  # a grey PNG
+    assert photo.shape == (256, 341, 3) and photo.dtype == np.uint8
+    written = make_tiny.write_photos([("opencv", "data/x.png")], tmp_path / "out", tmp_path)
+    assert [p.name for p in written] == ["opencv_x.png"] and not list((tmp_path / "out").glob("*.partial*"))
