@@ -580,8 +580,9 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             return_kernels: also return the estimated per-pixel kernels (needs a Kernel ControlNet).
             tiling: ``"auto"`` tiles latents of more than ``(2 * tile_size) ** 2`` pixels (and the VAE, with
                 diffusers' own VAE tiling); ``True`` / ``False`` force it.
-            tile_size, tile_overlap: latent tile size and overlap (in latent pixels; default twice the UNet's
-                ``sample_size`` and a quarter of the tile). Tiles are blended with Gaussian weights.
+            tile_size, tile_overlap: largest latent tile and least overlap (in latent pixels; default twice the
+                UNet's ``sample_size`` and a quarter of the tile). The fewest tiles that fit are shrunk to one size
+                that keeps the overlap (`tiling.balanced_tiles`) and blended with Gaussian weights.
             conditioning_scale: scale of the Kernel ControlNet residuals.
             max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
             batch_size: at most this many same-sized images per UNet evaluation (``None``: all of them); lower it
