@@ -232,6 +232,12 @@ def build_pipeline(preset: str = "tiny", with_kernel_controlnet: bool = True, se
         embedding = build_prompt_embedding(preset, unet)
     finally:
         torch.random.set_rng_state(generator_state)
+    # In eval mode, as diffusers' from_pretrained leaves loaded models (training scripts call .train() themselves):
+    # a built pipeline and its saved-and-reloaded copy then take the same code paths (on channels-last CPU
+    # tensors, diffusers' blocks in train mode differ from eval mode by ~1e-6).
+    for model in (unet, vae, kcn, embedding):
+        if model is not None:
+            model.eval()
     return FideDiffPipeline(
         vae=vae, unet=unet, scheduler=build_scheduler(), prompt_embedding=embedding, kernel_controlnet=kcn
     )
