@@ -129,7 +129,10 @@ def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_la
 
         pipe.unet.set_attn_processor(AttnProcessor())
         pipe.vae.set_attn_processor(AttnProcessor())
-    if channels_last:
+    # On the CPU the pipeline runs its models on channels-last inputs by default (pipe.channels_last_on_cpu);
+    # "off" turns that off, so both layouts can be timed in one run. On CUDA "on" converts the models' weights.
+    pipe.channels_last_on_cpu = channels_last
+    if channels_last and pipe._execution_device.type != "cpu":
         for module in (pipe.unet, pipe.vae, pipe.kernel_controlnet):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
@@ -161,6 +164,8 @@ def time_components(pipe: FideDiffPipeline, width: int, height: int, upscale: in
     multiple = pipe.vae_scale_factor // upscale
     ph, pw = -(-height // multiple) * multiple, -(-width // multiple) * multiple
     x = (torch.rand(batch, 3, ph, pw, generator=generator) * 2 - 1).to(device, dtype)
+    if pipe.channels_last_on_cpu and x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)  # the layout the pipeline's models get on the CPU
     x_up = upsample_for_vae(x, upscale)
     c = pipe.prompt_embedding(batch).to(device, dtype)
     t = torch.full((batch,), 200, device=device, dtype=torch.long)
@@ -596,7 +601,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tile-overlap", type=int, default=None, help="latent tile overlap (default: the pipeline's)")
     parser.add_argument("--timestep", default=200, type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["on", "off"])
-    parser.add_argument("--channels-last", nargs="+", default=["off"], choices=["on", "off"])
+    parser.add_argument("--channels-last", nargs="+", default=None, choices=["on", "off"],
+                        help="default: on for the CPU (the pipeline's own CPU default), off for CUDA")
     parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "eager"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -628,6 +634,8 @@ def main(argv=None) -> int:
     if any(b < 1 for b in args.batch_sizes):
         parser.error("--batch-sizes must be positive")
     device = torch.device(args.device)
+    if args.channels_last is None:
+        args.channels_last = ["on"] if device.type == "cpu" else ["off"]
     dtypes = args.dtypes or (["bfloat16", "float16", "float32"] if device.type == "cuda" else ["float32"])
 
     run_start = time.perf_counter()

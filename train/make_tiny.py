@@ -501,10 +501,15 @@ def main(argv=None):
     export_checkpoint(stage_result(work, "time" if args.refit_t else "kcn"), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    # Minutes per stage, kept across invocations (a rerun skips finished stages).
+    # Minutes per stage: each stage's own training time (train_summary.json), so stages that finished in an
+    # earlier invocation, or were run by hand into the work dir, count too; else this invocation's wall time.
     planned = {job["name"] for job in plan}
     timings = {name: minutes for name, minutes in {**previous.get("stage_minutes", {}), **timings}.items()
                if name in planned}
+    for name in planned:
+        stage_summary = work / name / "train_summary.json"
+        if stage_summary.is_file():
+            timings[name] = round(json.loads(stage_summary.read_text())["seconds"] / 60, 1)
     summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
                "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()
                          if k in planned},
