@@ -4,11 +4,12 @@
     python train/make_tiny.py                # ~90 min on this 2-core CPU; writes fidediff_pipeline/checkpoints/fidediff-tiny
     python train/make_tiny.py --device cuda  # the same recipe on a GPU
     python train/make_tiny.py --steps_scale 0.01 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
-    # the bundled checkpoint: stage 1 continued from the previous run's stage-1 pipeline, stages 2 and 3 rerun with
-    # the autocorrelation-reading kernel estimator (the VAE and stage-1 folders were those of the previous
-    # checkpoint's work dir, so they were skipped; see docs/tiny_results.md)
-    python train/make_tiny.py --work_dir runs/make_tiny3 --init_base_from runs/make_tiny/base/best_pipeline \
-        --steps base=1500 kernel=2500 kcn=400 --no_ablation
+    # the bundled checkpoint: stage 1 continued from the previous checkpoint (commit 598d69b's
+    # fidediff_pipeline/checkpoints/fidediff-tiny, copied to runs/fidediff-tiny-598d69b), whose VAE was kept
+    # (runs/make_tiny4/vae/pipeline = that checkpoint without its Kernel ControlNet, so stage 0 was skipped);
+    # stages 2 and 3 from scratch (see docs/tiny_results.md)
+    python train/make_tiny.py --work_dir runs/make_tiny4 --init_base_from runs/fidediff-tiny-598d69b \
+        --steps base=1800 kernel=2500 kcn=400 --no_ablation
 
 Steps (all deterministic given ``--seed`` and the device):
 1. training content (``<work_dir>/photos/train``): every usable sample photo that installed packages ship, short
