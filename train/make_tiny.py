@@ -253,9 +253,9 @@ def stage_plan(args, work: Path) -> list[dict]:
         return plan
     # Not in the paper, off by default: stage 3 also changes M (its restoration, reblur and time losses reach M), so
     # T is refitted alone to the final M's kernels, on 192 px crops (closer to the whole photos it reads at inference
-    # than 64 px). Measured on the previous checkpoint (commit 598d69b, its docs/tiny_results.md): t-MAE on held-out photos 23/65/134 -> 29/28/74, but the PSNR gain
-    # fell from +0.67 to +0.56 dB: over-predicting t on a light blur (n = 7) over-sharpens it, so the bundled
-    # checkpoint is stage 3's.
+    # than 64 px). Measured on the previous checkpoint (commit 598d69b, its docs/tiny_results.md): t-MAE on held-out
+    # photos 23/65/134 -> 29/28/74, but the PSNR gain fell from +0.67 to +0.56 dB: over-predicting t on a light blur
+    # (n = 7) over-sharpens it, so the bundled checkpoint is stage 3's.
     plan.append(dict(name="time", script="train_kernel", needs=("kcn",), threads=both,
                      argv=[*common_flags(args, work, "time", s["time"]), "--init_from", str(work / "kcn_result"),
                            "--resolution", "192", "--train_batch_size", "4", "--levels_per_group", "3",
