@@ -164,8 +164,7 @@ def time_components(pipe: FideDiffPipeline, width: int, height: int, upscale: in
     multiple = pipe.vae_scale_factor // upscale
     ph, pw = -(-height // multiple) * multiple, -(-width // multiple) * multiple
     x = (torch.rand(batch, 3, ph, pw, generator=generator) * 2 - 1).to(device, dtype)
-    if pipe.channels_last_on_cpu and x.device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)  # the layout the pipeline's models get on the CPU
+    x = pipe._in_model_layout(x)  # the layout the pipeline's models get (channels-last on the CPU)
     x_up = upsample_for_vae(x, upscale)
     c = pipe.prompt_embedding(batch).to(device, dtype)
     t = torch.full((batch,), 200, device=device, dtype=torch.long)

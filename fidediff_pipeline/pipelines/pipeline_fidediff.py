@@ -136,7 +136,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     # diffusers' img2img pipelines. Only in tiled runs do the Kernel ControlNet and UNet alternate per tile.
     model_cpu_offload_seq = "prompt_embedding->kernel_controlnet->unet->vae"
     _optional_components = ["kernel_controlnet"]
-    channels_last_on_cpu = True  # see _restore_batch
+    channels_last_on_cpu = True  # see _in_model_layout
 
     def __init__(
         self,
@@ -681,12 +681,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         x = x.to(dtype)
-        if self.channels_last_on_cpu and x.device.type == "cpu":
-            # oneDNN's CPU convolutions are faster on channels-last (NHWC) tensors, and a convolution's output keeps
-            # its input's layout, so the whole chain (VAE, Kernel ControlNet, UNet) runs in it: 15-18% less time for
-            # the tiny model at 256-1024 px, same output to ~1e-6 (benchmarks/README.md). Not on CUDA, where
-            # channels-last was slower (H100 table there).
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._in_model_layout(x)
 
         # Models are called in the order of model_cpu_offload_seq (see there), so that offloading frees each one
         # once it is done: prompt embedding, VAE encoder, Kernel ControlNet, UNet, VAE decoder.
@@ -732,6 +727,19 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             results.append({"image": restored[i], "timestep": timesteps[i], "source": sources[i],
                             "predicted": predicted[i], "kernels": kernels_np})
         return results
+
+    def _in_model_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout the models get: channels-last on the CPU (unless ``channels_last_on_cpu`` is
+        off), unchanged elsewhere.
+
+        oneDNN's CPU convolutions are faster on channels-last (NHWC) tensors, and a convolution's output keeps its
+        input's layout, so the whole chain (VAE, Kernel ControlNet, UNet) runs in it: 19% less time for the tiny
+        model at 1024 px, 2% at 256 px, same output to ~1e-6 (benchmarks/README.md). Not on CUDA, where
+        channels-last was slower (H100 table there).
+        """
+        if self.channels_last_on_cpu and x.device.type == "cpu":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _predict_noise(self, z_t, t, encoder_hidden_states, kernels, conditioning_scale) -> torch.Tensor:
         down_res, mid_res = None, None
