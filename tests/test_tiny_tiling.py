@@ -64,4 +64,5 @@ def test_balanced_tiles_cover_with_the_overlap_and_fewer_pixels():
             assert size <= tile and starts[0] == 0 and starts[-1] + size == length
             assert len(starts) == len(tile_starts(length, tile, overlap))  # as many tiles (UNet calls) as before
             assert all(a + size - b >= overlap for a, b in zip(starts, starts[1:]))
+            assert len(starts) * size <= len(starts) * min(tile, length)
     assert balanced_tiles(512, 256, 64) == (216, [0, 148, 296])  # full-size tiles: 3 x 256 = 768 pixels per axis
