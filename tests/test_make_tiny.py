@@ -38,3 +38,17 @@ def test_an_opencv_photo_loads_as_rgb_with_a_256_px_short_side(tmp_path):
     assert photo.shape == (256, 341, 3) and photo.dtype == np.uint8
     written = make_tiny.write_photos([("opencv", "data/x.png")], tmp_path / "out", tmp_path)
     assert [p.name for p in written] == ["opencv_x.png"] and not list((tmp_path / "out").glob("*.partial*"))
+
+
+def test_a_warm_started_stage_1_draws_a_fresh_data_stream_at_half_the_learning_rate(tmp_path):
+    def base_flags(*extra):
+        args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])
+        argv = next(job["argv"] for job in make_tiny.stage_plan(args, tmp_path) if job["name"] == "base")
+        last = lambda flag: argv[len(argv) - 1 - argv[::-1].index(flag) + 1]  # noqa: E731  (argparse: last wins)
+        return last("--seed"), last("--learning_rate"), last("--init_from")
+
+    assert base_flags("--seed", "3") == ("3", "1e-3", str(tmp_path / "vae" / "pipeline"))
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "model_index.json").write_text("{}")
+    assert base_flags("--seed", "3", "--init_base_from", str(tmp_path / "start")) == (
+        "4", "5e-4", str(tmp_path / "base_init"))

@@ -240,6 +240,21 @@ def test_data_order_is_a_function_of_the_step(data, tmp_path):
     assert torch.equal(second["blurry"], again["blurry"])
 
 
+def test_validation_crops_do_not_depend_on_the_training_seed(data, tmp_path):
+    # A continuation trained with another seed must be scored on the same crops as the run it continues.
+    one = common.validation_pairs(train_base.parse_args(["--preset", "tiny", *_flags(data, tmp_path, seed=0)]))
+    two = common.validation_pairs(train_base.parse_args(["--preset", "tiny", *_flags(data, tmp_path, seed=5)]))
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        assert torch.equal(a["blurry"], b["blurry"]) and torch.equal(a["sharp"], b["sharp"])
+    # ... while the training crops do change with the seed.
+    firsts = []
+    for seed in (0, 5):
+        args = train_base.parse_args(["--preset", "tiny", *_flags(data, tmp_path, seed=seed)])
+        firsts.append(next(iter(common.build_train_loader(args, common.make_accelerator(args), start_micro_batch=0))))
+    assert not torch.equal(firsts[0]["blurry"], firsts[1]["blurry"])
+
+
 def test_training_restore_matches_the_pipeline():
     """The training forward (restoration.restore) is the pipeline's maths."""
     from fidediff_pipeline.presets import build_pipeline

@@ -450,6 +450,7 @@ def to_model_range(images01: torch.Tensor) -> torch.Tensor:
 
 
 # ================================================================================================ validation
+VALIDATION_CROP_SEED = 1
 def validation_pairs(args, limit: int | None = None):
     """Deterministic (sharp, blurry, t, n) crops of the held-out manifest (no flips)."""
     from fidediff_pipeline.data import PairDataset
@@ -457,7 +458,9 @@ def validation_pairs(args, limit: int | None = None):
     if not args.validation_manifest:
         return []
     crop = args.validation_crop or None
-    ds = PairDataset(args.validation_manifest, crop_size=crop, seed=args.seed + 1, flip=False)
+    # The crops do not depend on --seed: runs with different seeds (e.g. a warm-started continuation) are scored on
+    # the same crops, so their learning curves compare. VALIDATION_CROP_SEED is what seed 0 used to give.
+    ds = PairDataset(args.validation_manifest, crop_size=crop, seed=VALIDATION_CROP_SEED, flip=False)
     count = len(ds) if limit is None else min(limit, len(ds))
     # Spread over the manifest (it is sorted by group, then n) so several levels and photos are covered.
     picks = np.linspace(0, len(ds) - 1, count).round().astype(int) if count else []

@@ -221,8 +221,10 @@ def stage_plan(args, work: Path) -> list[dict]:
     base_flags = ["--init_from", str(vae), *base_training]
     if args.init_base_from:
         # Warm start: stage 1 continues from an earlier stage-1 UNet (converted by warm_start_base) at half the
-        # learning rate, so the restart does not undo what it learnt.
-        base_flags_1 = [*base_training, "--init_from", str(work / "base_init"), "--learning_rate", "5e-4"]
+        # learning rate, so the restart does not undo what it learnt, and with the next seed, so it draws crops and
+        # trajectories its start has not already seen (later flags win).
+        base_flags_1 = [*base_training, "--init_from", str(work / "base_init"), "--learning_rate", "5e-4",
+                        "--seed", str(args.seed + 1)]
     else:
         base_flags_1 = base_flags
     plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
