@@ -52,3 +52,19 @@ def test_a_warm_started_stage_1_draws_a_fresh_data_stream_at_half_the_learning_r
     (tmp_path / "start" / "model_index.json").write_text("{}")
     assert base_flags("--seed", "3", "--init_base_from", str(tmp_path / "start")) == (
         "4", "5e-4", str(tmp_path / "base_init"))
+
+
+def test_the_w_o_ct_ablation_is_the_same_run_without_consistency(tmp_path):
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "model_index.json").write_text("{}")
+    args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos",
+                                 "--init_base_from", str(tmp_path / "start")])
+    jobs = {job["name"]: job["argv"] for job in make_tiny.stage_plan(args, tmp_path)}
+    base, noct = jobs["base"], jobs["base_noct"]
+    # After a warm start: the same continuation (start, steps, learning rate, seed); only the folder differs.
+    assert noct == [str(tmp_path / "base_noct") if a == str(tmp_path / "base") else a for a in base] + ["--no_consistency"]
+    # From scratch it is a shorter run from the VAE stage (the time budget).
+    args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos"])
+    noct = next(job["argv"] for job in make_tiny.stage_plan(args, tmp_path) if job["name"] == "base_noct")
+    assert noct[noct.index("--max_train_steps") + 1] == str(make_tiny.STEPS["base_noct"])
+    assert noct[noct.index("--init_from") + 1] == str(tmp_path / "vae" / "pipeline") and noct[-1] == "--no_consistency"

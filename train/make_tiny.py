@@ -242,9 +242,12 @@ def stage_plan(args, work: Path) -> list[dict]:
                            "--kernel_moment_weight", "1.0",
                            "--time_weight", "10"]))
     if args.ablation:
-        noct = common_flags(args, work, "base_noct", s["base_noct"])
+        # "w/o CT": stage 1 again with --no_consistency. After a warm start it is the same continuation (same start,
+        # steps, learning rate and seed), so the two differ only in consistency training.
+        noct_steps = s["base"] if args.init_base_from else s["base_noct"]
+        noct = common_flags(args, work, "base_noct", noct_steps)
         plan.append(dict(name="base_noct", script="train_base", needs=("vae",), threads=one,
-                         argv=[*noct, *base_flags, "--no_consistency"]))
+                         argv=[*noct, *base_flags_1, "--no_consistency"]))
     plan.append(dict(name="kcn", script="train_kcn", needs=("base", "kernel"), threads=one,
                      argv=[*common_flags(args, work, "kcn", s["kcn"]), "--init_from", str(work / "merged"),
                            "--resolution", "64", "--train_batch_size", "4", "--levels_per_group", "3",
@@ -368,7 +371,7 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
                     merge_for_kcn(work)
                 if job["name"] == "time":
                     copy_kcn_result(work)
-                if job["name"] == "base" and args.init_base_from:
+                if job["name"] in ("base", "base_noct") and args.init_base_from:
                     warm_start_base(work, Path(args.init_base_from))
                 running[job["name"]] = (launch(job, work, args), time.time())
                 pending.remove(job)
