@@ -68,3 +68,16 @@ def test_the_w_o_ct_ablation_is_the_same_run_without_consistency(tmp_path):
     noct = next(job["argv"] for job in make_tiny.stage_plan(args, tmp_path) if job["name"] == "base_noct")
     assert noct[noct.index("--max_train_steps") + 1] == str(make_tiny.STEPS["base_noct"])
     assert noct[noct.index("--init_from") + 1] == str(tmp_path / "vae" / "pipeline") and noct[-1] == "--no_consistency"
+
+
+def test_the_results_page_says_how_the_w_o_ct_run_was_made(tmp_path):
+    from train.evaluate_tiny import noct_text
+
+    for name, steps in (("base", 2400), ("base_noct", 2400)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_summary.json").write_text(f'{{"steps": {steps}}}')
+    warm = noct_text(tmp_path, "runs/start")
+    assert "2400 steps" in warm and "same start" in warm and "`runs/start`" in warm
+    (tmp_path / "base_noct" / "train_summary.json").write_text('{"steps": 800}')
+    scratch = noct_text(tmp_path, None)
+    assert "800 steps from the VAE stage" in scratch and "base of 2400 steps" in scratch and "same start" not in scratch

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from train.make_tiny import (  # noqa: E402
-    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, SPEED_RANGE, STEPS, TRAIN_PHOTOS, UPSCALE, load_photo, photo_label,
+    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, SPEED_RANGE, TRAIN_PHOTOS, UPSCALE, load_photo, photo_label,
 )
 
 from fidediff_pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
@@ -264,6 +264,20 @@ def fmt_table(rows: list[tuple[str, dict]], inputs: dict) -> str:
     return "\n".join(lines)
 
 
+def noct_text(work: Path, warm_start: str | None) -> str:
+    """What the "w/o CT" rows are, from the two stage-1 runs' own summaries."""
+    steps = {name: json.loads((work / name / "train_summary.json").read_text())["steps"]
+             if (work / name / "train_summary.json").is_file() else None for name in ("base", "base_noct")}
+    text = ("The \"w/o CT\" rows are a separate stage-1 run with `--no_consistency` (unrelated pairs, all trained "
+            f"at t = 200) of {steps['base_noct']} steps")
+    if warm_start:
+        return text + (f", continued from the same start as the consistency-trained base (`{warm_start}`) with the "
+                       f"same steps ({steps['base']}), learning rate and seed: only the last phase of stage 1 differs "
+                       "between the two; it shares the VAE. ")
+    return text + (f" from the VAE stage, beside a consistency-trained base of {steps['base']} steps; it shares the "
+                   "VAE. ")
+
+
 def training_content_text(train_info: dict | None) -> str:
     """What make_tiny trained on, from its summary (runs before OpenCV's photos were added have no count)."""
     opencv = (train_info or {}).get("opencv_photos", 0)
@@ -305,6 +319,7 @@ def main(argv=None):
     if (noct_path / "model_index.json").is_file():
         noct = FideDiffPipeline.from_pretrained(noct_path)
         rows.append(("w/o CT base (--no_consistency), t = 200", run_variant(noct, pairs, 200)))
+        rows.append(("w/o CT base (--no_consistency), true t (oracle)", run_variant(noct, pairs, "true")))
     rows.append(("VAE pass-through (encode-decode the blurry input, no UNet)", vae_passthrough(full, pairs)))
     timing = time_256(full)
     ceiling = vae_ceiling(full, pairs)
@@ -372,9 +387,7 @@ def main(argv=None):
         + ", ".join(f"n={n}: {gains[n]:+.2f} dB" for n in LEVELS)
         + f"; mean {float(np.mean(list(gains.values()))):+.2f} dB. KCN minus base-only at t = 200: {kcn_vs_base:+.2f} dB.",
         "",
-        (f"The \"w/o CT\" row is a separate stage-1 run with `--no_consistency` (unrelated pairs, all at t = 200) of "
-         f"{STEPS['base_noct']} steps, SHORTER than the consistency-trained base ({STEPS['base']} steps), to fit the "
-         "time budget; it shares the VAE. " if has_noct else
+        (noct_text(work, warm_start) if has_noct else
          "No \"w/o CT\" ablation for this checkpoint (the `base_noct` stage was not run with the current "
          "architecture, to fit the time budget). ") + "\"oracle\" rows use the true t of each image.",
         "",
