@@ -67,3 +67,40 @@ def gaussian_weights(height: int, width: int, device=None, dtype=torch.float32) 
 
     w = profile(height)[:, None] * profile(width)[None, :]
     return w.clamp_min(1e-3).to(dtype)[None, None]
+
+
+def tiled_map(fn, x: torch.Tensor, grid: tuple[int, int], tile: int, overlap: int, in_scale: int = 1,
+              out_scale: int = 1) -> torch.Tensor:
+    """``fn`` on overlapping windows of ``x`` ``[B, C, H, W]``, stitched into the output ``fn`` would give for the whole.
+
+    For convolutional maps such as a VAE's encoder or decoder: only one window's activations are held at a time.
+    The windows are `iterate_tiles` over a ``grid`` (e.g. the latent grid); a window ``[y0, y1)`` reads
+    ``x[y0 * in_scale : y1 * in_scale]`` and gives the output at ``[y0 * out_scale, y1 * out_scale)`` (a decoder of
+    factor f: ``in_scale=1, out_scale=f``; an encoder the reverse). Each window drops the outer ``overlap // 2``
+    grid pixels on every side it shares with another window, where its zero padding differs from the whole
+    image's, and the kept parts are averaged where they still overlap: the result equals the untiled one wherever
+    ``fn``'s receptive field reaches less than ``overlap // 2`` grid pixels. Returns ``[B, C_out, grid_h * out_scale,
+    grid_w * out_scale]`` in ``fn``'s dtype.
+
+    Example:
+        >>> x = torch.rand(1, 3, 40, 24)
+        >>> smooth = lambda t: torch.nn.functional.avg_pool2d(t, 3, stride=1, padding=1)  # receptive field 1
+        >>> torch.allclose(tiled_map(smooth, x, (40, 24), 16, 4), smooth(x), atol=1e-6)
+        True
+    """
+    out = weight = None
+    drop = overlap // 2
+    height, width = grid
+    for y0, y1, x0, x1 in iterate_tiles(height, width, tile, overlap):
+        piece = fn(x[..., y0 * in_scale:y1 * in_scale, x0 * in_scale:x1 * in_scale])
+        if out is None:
+            out = torch.zeros(*piece.shape[:2], height * out_scale, width * out_scale, dtype=torch.float32,
+                              device=piece.device)
+            weight = torch.zeros(1, 1, *out.shape[-2:], dtype=torch.float32, device=piece.device)
+        # The kept part of the window, in grid pixels: all of it on the image's own borders.
+        ky0, ky1 = y0 + (drop if y0 > 0 else 0), y1 - (drop if y1 < height else 0)
+        kx0, kx1 = x0 + (drop if x0 > 0 else 0), x1 - (drop if x1 < width else 0)
+        keep = piece[..., (ky0 - y0) * out_scale:(ky1 - y0) * out_scale, (kx0 - x0) * out_scale:(kx1 - x0) * out_scale]
+        out[..., ky0 * out_scale:ky1 * out_scale, kx0 * out_scale:kx1 * out_scale] += keep.float()
+        weight[..., ky0 * out_scale:ky1 * out_scale, kx0 * out_scale:kx1 * out_scale] += 1.0
+    return (out / weight).to(piece.dtype)

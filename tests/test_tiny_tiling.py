@@ -66,3 +66,44 @@ def test_balanced_tiles_cover_with_the_overlap_and_fewer_pixels():
             assert all(a + size - b >= overlap for a, b in zip(starts, starts[1:]))
             assert len(starts) * size <= len(starts) * min(tile, length)
     assert balanced_tiles(512, 256, 64) == (216, [0, 148, 296])  # full-size tiles: 3 x 256 = 768 pixels per axis
+
+
+def test_the_tiny_vae_in_tiles_equals_the_whole_image_pass():
+    import torch
+
+    import fidediff_pipeline.pipelines.pipeline_fidediff as module
+
+    pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    windows = []
+    original = module.tiled_map
+
+    def counting(fn, *args, **kwargs):
+        return original(lambda part: windows.append(part.shape) or fn(part), *args, **kwargs)
+
+    image = torch.from_numpy(skimage.data.coffee()[:, :496]).permute(2, 0, 1)[None].float() / 127.5 - 1  # 400 x 496
+    with torch.no_grad():
+        whole = pipe._vae_encode(image, False, 64)
+        module.tiled_map = counting
+        try:
+            tiled = pipe._vae_encode(image, True, 64)
+            decoded_tiled = pipe._vae_decode(whole, True, 64)
+        finally:
+            module.tiled_map = original
+        decoded_whole = pipe._vae_decode(whole, False, 64)
+    assert len(windows) == 2 * 6  # 2 x 3 windows of at most 128 latents, once for each direction
+    assert whole.shape == tiled.shape == (1, 12, 200, 248) and decoded_tiled.shape == (1, 3, 400, 496)
+    # The windows drop the margins where their padding differs, so the result is the whole pass's.
+    assert (tiled - whole).abs().max() < 1e-4 and (decoded_tiled - decoded_whole).abs().max() < 1e-4
+
+
+def test_tiled_map_drops_each_windows_padded_margins():
+    import torch
+
+    from fidediff_pipeline.tiling import tiled_map
+
+    x = torch.rand(1, 2, 70, 45)
+    blur = lambda t: torch.nn.functional.avg_pool2d(t, 9, stride=1, padding=4)  # noqa: E731  receptive field 4 px
+    assert torch.allclose(tiled_map(blur, x, (70, 45), 24, 10), blur(x), atol=1e-6)  # drops 5 > 4
+    assert not torch.allclose(tiled_map(blur, x, (70, 45), 24, 4), blur(x), atol=1e-3)  # drops 2 < 4: seams
+    up = tiled_map(lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2), x, (70, 45), 24, 8, out_scale=2)
+    assert up.shape == (1, 2, 140, 90) and torch.equal(up[..., ::2, ::2], x)

@@ -31,7 +31,7 @@ from ..models.modeling_prompt_embedding import FideDiffPromptEmbedding
 from ..restoration import (
     low_frequency_transfer, predict_original_latents, resize_from_vae, upsample_for_vae, vae_encode_mode,
 )
-from ..tiling import gaussian_weights, iterate_tiles
+from ..tiling import gaussian_weights, iterate_tiles, tiled_map
 
 logger = logging.getLogger(__name__)
 
@@ -686,8 +686,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         # Models are called in the order of model_cpu_offload_seq (see there), so that offloading frees each one
         # once it is done: prompt embedding, VAE encoder, Kernel ControlNet, UNet, VAE decoder.
         encoder_hidden_states = self.prompt_embedding(batch_size=batch).to(device=device, dtype=dtype)
-        with self._vae_tiling(use_tiling):
-            z_t = vae_encode_mode(self.vae, upsample_for_vae(x, upscale)) * self.vae.config.scaling_factor
+        z_t = self._vae_encode(upsample_for_vae(x, upscale), use_tiling, tile)
 
         kcn = self.kernel_controlnet
         kernels, predicted = None, [None] * batch
@@ -711,8 +710,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if output_latents:
             restored = [z.cpu() for z in z0]
         else:
-            with self._vae_tiling(use_tiling):
-                decoded = self.vae.decode((z0 / self.vae.config.scaling_factor).to(dtype)).sample
+            decoded = self._vae_decode((z0 / self.vae.config.scaling_factor).to(dtype), use_tiling, tile)
             decoded = resize_from_vae(decoded, tuple(x.shape[-2:]), upscale)
             sigma = getattr(self.config, "color_fix_sigma", None)
             if sigma:
@@ -815,11 +813,38 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         def __exit__(self, *exc):
             self.vae.use_tiling = self.previous
 
+    def _tiny_vae_tiles(self, tile: int) -> tuple[int, int]:
+        # Latent tiles for an AutoencoderTiny: twice the UNet's (its convolutions are cheap; fewer tiles repeat
+        # fewer pixels) and at least 128, so a forced small UNet tile does not cut a small image's VAE pass; the
+        # overlap is three times the decoder's receptive field (~10 latents).
+        return max(2 * tile, 128), 32
+
+    def _vae_encode(self, pixels: torch.Tensor, use_tiling: bool, tile: int) -> torch.Tensor:
+        """Scaled latents of ``pixels`` (already upsampled for the VAE)."""
+        if use_tiling and isinstance(self.vae, AutoencoderTiny):
+            f = self.vae_scale_factor
+            grid = (pixels.shape[-2] // f, pixels.shape[-1] // f)
+            z = tiled_map(lambda p: vae_encode_mode(self.vae, p), pixels, grid, *self._tiny_vae_tiles(tile),
+                          in_scale=f)
+        else:
+            with self._vae_tiling(use_tiling):
+                z = vae_encode_mode(self.vae, pixels)
+        return z * self.vae.config.scaling_factor
+
+    def _vae_decode(self, latents: torch.Tensor, use_tiling: bool, tile: int) -> torch.Tensor:
+        """The image of unscaled ``latents``."""
+        if use_tiling and isinstance(self.vae, AutoencoderTiny):
+            return tiled_map(lambda z: self.vae.decode(z).sample, latents, tuple(latents.shape[-2:]),
+                             *self._tiny_vae_tiles(tile), out_scale=self.vae_scale_factor)
+        with self._vae_tiling(use_tiling):
+            return self.vae.decode(latents).sample
+
     def _vae_tiling(self, enabled: bool):
         """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards.
 
         Not for an AutoencoderTiny: diffusers' tiled encode there assumes 4 latent channels and a factor of
-        2**out_channels (TAESD's own shape), and its convolutions work on any size at a small memory cost anyway.
+        2**out_channels (TAESD's own shape); `_vae_encode` / `_vae_decode` tile it with `tiling.tiled_map` instead
+        (at 2048 x 2048 px its full-resolution activations were the pipeline's peak memory).
         """
         return self._TilingSwitch(self.vae, enabled and not isinstance(self.vae, AutoencoderTiny))
 
