@@ -4,12 +4,17 @@
     python train/make_tiny.py                # ~2 h on this 2-core CPU; writes fidediff_pipeline/checkpoints/fidediff-tiny
     python train/make_tiny.py --device cuda  # the same recipe on a GPU
     python train/make_tiny.py --steps_scale 0.01 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
-    # the bundled checkpoint: stage 1 continued from the previous checkpoint (commit 598d69b's
-    # fidediff_pipeline/checkpoints/fidediff-tiny, copied to runs/fidediff-tiny-598d69b), whose VAE was kept
-    # (runs/make_tiny4/vae/pipeline = that checkpoint without its Kernel ControlNet, so stage 0 was skipped);
-    # stages 2 and 3 from scratch (see docs/tiny_results.md)
+    # the bundled checkpoint, in two warm-started rounds that kept the VAE of commit 598d69b's checkpoint
+    # (<work_dir>/vae/pipeline = that checkpoint without its Kernel ControlNet, so stage 0 was skipped):
+    # round 1 (commit 48eecd3's checkpoint): stage 1 continued from 598d69b's; stages 2 and 3 from scratch
     python train/make_tiny.py --work_dir runs/make_tiny4 --init_base_from runs/fidediff-tiny-598d69b \
-        --steps base=1800 kernel=2500 kcn=400 --no_ablation
+        --steps base=1800 kernel=2500 kcn=400 --no_ablation   # then: stage 1 at seed 0, stage 3 at lr 2e-4
+    # round 2 (this checkpoint): stage 1 continued from round 1's best stage-1 pipeline (= the UNet of commit
+    # 48eecd3's checkpoint) with the next seed; stage 2 is round 1's (the same flags and seed give the same result);
+    # stage 3 from scratch; the w/o-CT ablation is the same continuation without consistency training
+    python train/make_tiny.py --work_dir runs/make_tiny5 --init_base_from runs/make_tiny4/base/best_pipeline \
+        --steps base=2400 kernel=2500 kcn=1600
+    (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
 1. training content (``<work_dir>/photos/train``): every usable sample photo that installed packages ship, short
