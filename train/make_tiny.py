@@ -526,8 +526,8 @@ def main(argv=None):
         if stage_summary.is_file():
             timings[name] = round(json.loads(stage_summary.read_text())["seconds"] / 60, 1)
     summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
-               "steps": {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()
-                         if k in planned},
+               # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
+               "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
                "init_base_from": args.init_base_from, "refit_t": args.refit_t,
                "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
