@@ -22,12 +22,12 @@ from fidediff_pipeline import DEFAULT_MODEL, FideDiffPipeline  # noqa: E402
 pytestmark = pytest.mark.skipif(not Path(DEFAULT_MODEL, "model_index.json").is_file(),
                                 reason="no bundled checkpoint (run train/make_tiny.py)")
 
-# Regression guards, set below what the bundled checkpoint measures on these crops (mean +0.79 dB; per level
-# +0.58 / +1.07 / +0.71 dB at n = 7 / 11 / 15; t-MAE 48 / 23 / 86) and far above a pass-through (about -0.3 dB):
+# Regression guards, set below what the bundled checkpoint measures on these crops (mean +1.06 dB; per level
+# +0.92 / +1.39 / +0.88 dB at n = 7 / 11 / 15; t-MAE 50 / 16 / 84) and far above a pass-through (about -0.3 dB):
 # they fail if the checkpoint stops deblurring. The floors +1.5 dB mean and t-MAE <= 40 are NOT met by
-# this checkpoint (whole held-out images: +0.96 dB mean, t-MAE 13 / 47 / 117): docs/tiny_results.md.
-MEAN_GAIN_FLOOR = 0.6
-LEVEL_GAIN_FLOOR = 0.4
+# this checkpoint (whole held-out images: +1.22 dB mean, t-MAE 17 / 38 / 107): docs/tiny_results.md.
+MEAN_GAIN_FLOOR = 0.8
+LEVEL_GAIN_FLOOR = 0.6
 T_MAE_LIMIT = 100
 
 CROPS = [(("skimage", "coffee"), 60, 150), (("skimage", "chelsea"), 40, 150), (("sklearn", "china"), 80, 120),
@@ -101,15 +101,16 @@ def kernel_rows(pipe):
 
 
 def test_estimated_kernels_follow_the_direction_of_straight_blurs(kernel_rows):
-    # Measured: at most 4.7 degrees off over 9, 15, 21 px at 0, 45, 90, 135 degrees (an estimator without the
+    # Measured: at most 5.2 degrees off over 9, 15, 21 px at 0, 45, 90, 135 degrees (an estimator without the
     # gradient-autocorrelation features gave one ~128-degree kernel for all of them).
     assert len(kernel_rows) == 12
     for row in kernel_rows:
         assert row["angle_error"] <= 20, row
 
 
-@pytest.mark.xfail(reason="NOT met by this checkpoint: 2 of the 12 straight blurs (21 px at 0 and 90 degrees) come "
-                          "out 42% and 37% short (the floor is 35%; docs/tiny_results.md)", strict=False)
+@pytest.mark.xfail(reason="NOT met by this checkpoint on the whole held-out photos (docs/tiny_results.md: the four "
+                          "9 px blurs read 33-50% long, the floor is 35%); on these 128 px crops all 12 measured "
+                          "within 35% (at most 34%), so it may pass here", strict=False)
 def test_estimated_kernels_follow_the_length_of_straight_blurs(kernel_rows):
     for row in kernel_rows:
         assert row["length_error"] <= 0.35, row
