@@ -451,6 +451,8 @@ def to_model_range(images01: torch.Tensor) -> torch.Tensor:
 
 # ================================================================================================ validation
 VALIDATION_CROP_SEED = 1
+
+
 def validation_pairs(args, limit: int | None = None):
     """Deterministic (sharp, blurry, t, n) crops of the held-out manifest (no flips)."""
     from fidediff_pipeline.data import PairDataset

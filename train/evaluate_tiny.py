@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from train.make_tiny import (  # noqa: E402
     DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, SPEED_RANGE, TRAIN_PHOTOS, UPSCALE, load_photo, photo_label,
+    stage_result,
 )
 
 from fidediff_pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
@@ -313,9 +314,7 @@ def main(argv=None):
         ("base only (no KCN), t = 200", run_variant(base, pairs, 200)),
         ("base only (no KCN), true t (oracle)", run_variant(base, pairs, "true")),
     ]
-    noct_path = work / "base_noct" / "best_pipeline"
-    if not (noct_path / "model_index.json").is_file():
-        noct_path = work / "base_noct" / "pipeline"
+    noct_path = stage_result(work, "base_noct")
     if (noct_path / "model_index.json").is_file():
         noct = FideDiffPipeline.from_pretrained(noct_path)
         rows.append(("w/o CT base (--no_consistency), t = 200", run_variant(noct, pairs, 200)))
