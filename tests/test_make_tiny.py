@@ -52,6 +52,8 @@ def test_a_warm_started_stage_1_draws_a_fresh_data_stream_at_half_the_learning_r
     (tmp_path / "start" / "model_index.json").write_text("{}")
     assert base_flags("--seed", "3", "--init_base_from", str(tmp_path / "start")) == (
         "4", "5e-4", str(tmp_path / "base_init"))
+    # A further round from a warm-started result takes its own seed (the held-out set keeps --seed's).
+    assert base_flags("--seed", "3", "--base_seed", "9", "--init_base_from", str(tmp_path / "start"))[0] == "9"
 
 
 def test_the_w_o_ct_ablation_is_the_same_run_without_consistency(tmp_path):

@@ -107,3 +107,31 @@ def test_tiled_map_drops_each_windows_padded_margins():
     assert not torch.allclose(tiled_map(blur, x, (70, 45), 24, 4), blur(x), atol=1e-3)  # drops 2 < 4: seams
     up = tiled_map(lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2), x, (70, 45), 24, 8, out_scale=2)
     assert up.shape == (1, 2, 140, 90) and torch.equal(up[..., ::2, ::2], x)
+
+
+def test_on_the_cpu_a_large_image_goes_through_the_tiny_vae_in_windows_with_the_same_result():
+    import torch
+
+    import fidediff_pipeline.pipelines.pipeline_fidediff as module
+    from fidediff_pipeline.restoration import vae_encode_mode
+
+    pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    windows = []
+    original = module.tiled_map
+
+    def counting(fn, *args, **kwargs):
+        return original(lambda part: windows.append(part.shape) or fn(part), *args, **kwargs)
+
+    image = torch.rand(1, 3, 600, 560) * 2 - 1  # 300 x 280 latents: above TINY_VAE_CPU_WINDOW
+    with torch.no_grad():
+        module.tiled_map = counting
+        try:
+            latents = pipe._vae_encode(image, False, 256)  # no tiling asked for
+            decoded = pipe._vae_decode(latents / pipe.vae.config.scaling_factor, False, 256)
+        finally:
+            module.tiled_map = original
+        whole = vae_encode_mode(pipe.vae, image) * pipe.vae.config.scaling_factor
+        whole_decoded = pipe.vae.decode(whole / pipe.vae.config.scaling_factor).sample
+    assert len(windows) == 2 * 4 and max(max(w[-2:]) for w in windows[4:]) <= module.TINY_VAE_CPU_WINDOW
+    assert (latents - whole).abs().max() < 1e-4 and (decoded - whole_decoded).abs().max() < 1e-4
+    assert pipe._tiny_vae_windows((256, 200), False, 256) is None  # one window's worth: the whole pass

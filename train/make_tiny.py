@@ -230,7 +230,7 @@ def stage_plan(args, work: Path) -> list[dict]:
         # learning rate, so the restart does not undo what it learnt, and with the next seed, so it draws crops and
         # trajectories its start has not already seen (later flags win).
         base_flags_1 = [*base_training, "--init_from", str(work / "base_init"), "--learning_rate", "5e-4",
-                        "--seed", str(args.seed + 1)]
+                        "--seed", str(args.seed + 1 if args.base_seed is None else args.base_seed)]
     else:
         base_flags_1 = base_flags
     plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
@@ -459,6 +459,9 @@ def parse_args(argv=None):
                    help="cpu (the bundled checkpoint's recipe) or cuda (Accelerate picks the GPU)")
     p.add_argument("--init_base_from", type=str, default=None,
                    help="warm-start stage 1 from this pipeline's UNet (weights that fit the tiny preset's UNet)")
+    p.add_argument("--base_seed", type=int, default=None,
+                   help="seed of a warm-started stage 1 (default --seed + 1); a further round from a warm-started "
+                        "result takes another one, so it does not replay its start's crops and trajectories")
     p.add_argument("--steps", nargs="+", default=[], metavar="STAGE=N",
                    help=f"override steps of stages (before --steps_scale), e.g. base=1500; defaults: {STEPS}")
     p.add_argument("--refit_t", action="store_true",
@@ -528,7 +531,7 @@ def main(argv=None):
     summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
                # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
                "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
-               "init_base_from": args.init_base_from, "refit_t": args.refit_t,
+               "init_base_from": args.init_base_from, "base_seed": args.base_seed, "refit_t": args.refit_t,
                "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     from fidediff_pipeline.atomic_io import write_text_atomic

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 # GoPro's test blur is 11 averaged frames: t = (11 - 1) * 20 = 200 (paper Sec. 3.4 and 5.1).
 DEFAULT_TIMESTEP = 200
+# Largest latent window of an AutoencoderTiny pass on the CPU (`FideDiffPipeline._tiny_vae_windows`). Decoding
+# 1024 x 1024 latents of the tiny model on one thread: whole 10.5 s, 512-latent windows 9.8 s, 256-latent 7.7 s,
+# 192-latent 8.9 s; the same output (benchmarks/README.md).
+TINY_VAE_CPU_WINDOW = 256
 _COMPONENT_CLASSES = {"prompt_embedding": FideDiffPromptEmbedding, "kernel_controlnet": KernelControlNetModel}
 
 EXAMPLE_DOC_STRING = """
@@ -813,19 +817,31 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         def __exit__(self, *exc):
             self.vae.use_tiling = self.previous
 
-    def _tiny_vae_tiles(self, tile: int) -> tuple[int, int]:
-        # Latent tiles for an AutoencoderTiny: twice the UNet's (its convolutions are cheap; fewer tiles repeat
-        # fewer pixels) and at least 128, so a forced small UNet tile does not cut a small image's VAE pass; the
-        # overlap is three times the decoder's receptive field (~10 latents).
-        return max(2 * tile, 128), 32
+    def _tiny_vae_windows(self, grid: tuple[int, int], use_tiling: bool, tile: int) -> tuple[int, int] | None:
+        """Latent windows (size, overlap) for an AutoencoderTiny pass over a latent ``grid``, or None: one whole pass.
+
+        Under tiling: twice the UNet's tile (its convolutions are cheap; fewer windows repeat fewer pixels) and at
+        least 128, so a forced small UNet tile does not cut a small image's VAE pass. On the CPU also without
+        tiling, and never above ``TINY_VAE_CPU_WINDOW``: the windows give the whole pass's result (`tiled_map`;
+        the overlap is three times the decoder's receptive field, ~10 latents) and their activations stay closer
+        to the CPU's cache. Either way not for a grid that fits one window.
+        """
+        if not isinstance(self.vae, AutoencoderTiny):
+            return None
+        size = max(2 * tile, 128) if use_tiling else None
+        if self.vae.device.type == "cpu":
+            size = min(size or TINY_VAE_CPU_WINDOW, TINY_VAE_CPU_WINDOW)
+        if size is None or max(grid) <= size:
+            return None
+        return size, 32
 
     def _vae_encode(self, pixels: torch.Tensor, use_tiling: bool, tile: int) -> torch.Tensor:
         """Scaled latents of ``pixels`` (already upsampled for the VAE)."""
-        if use_tiling and isinstance(self.vae, AutoencoderTiny):
-            f = self.vae_scale_factor
-            grid = (pixels.shape[-2] // f, pixels.shape[-1] // f)
-            z = tiled_map(lambda p: vae_encode_mode(self.vae, p), pixels, grid, *self._tiny_vae_tiles(tile),
-                          in_scale=f)
+        f = self.vae_scale_factor
+        grid = (pixels.shape[-2] // f, pixels.shape[-1] // f)
+        windows = self._tiny_vae_windows(grid, use_tiling, tile)
+        if windows:
+            z = tiled_map(lambda p: vae_encode_mode(self.vae, p), pixels, grid, *windows, in_scale=f)
         else:
             with self._vae_tiling(use_tiling):
                 z = vae_encode_mode(self.vae, pixels)
@@ -833,9 +849,11 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     def _vae_decode(self, latents: torch.Tensor, use_tiling: bool, tile: int) -> torch.Tensor:
         """The image of unscaled ``latents``."""
-        if use_tiling and isinstance(self.vae, AutoencoderTiny):
-            return tiled_map(lambda z: self.vae.decode(z).sample, latents, tuple(latents.shape[-2:]),
-                             *self._tiny_vae_tiles(tile), out_scale=self.vae_scale_factor)
+        grid = tuple(latents.shape[-2:])
+        windows = self._tiny_vae_windows(grid, use_tiling, tile)
+        if windows:
+            return tiled_map(lambda z: self.vae.decode(z).sample, latents, grid, *windows,
+                             out_scale=self.vae_scale_factor)
         with self._vae_tiling(use_tiling):
             return self.vae.decode(latents).sample
 
