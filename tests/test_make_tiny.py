@@ -83,3 +83,30 @@ def test_the_results_page_says_how_the_w_o_ct_run_was_made(tmp_path):
     (tmp_path / "base_noct" / "train_summary.json").write_text('{"steps": 800}')
     scratch = noct_text(tmp_path, None)
     assert "800 steps from the VAE stage" in scratch and "base of 2400 steps" in scratch and "same start" not in scratch
+
+
+def test_keep_final_carries_a_stages_final_pipeline_forward_instead_of_its_best(tmp_path):
+    for folder in ("best_pipeline", "pipeline"):
+        (tmp_path / "base" / folder).mkdir(parents=True)
+        (tmp_path / "base" / folder / "model_index.json").write_text("{}")
+    assert make_tiny.stage_result(tmp_path, "base") == tmp_path / "base" / "best_pipeline"
+    assert make_tiny.stage_result(tmp_path, "base", ["base"]) == tmp_path / "base" / "pipeline"
+    assert make_tiny.stage_result(tmp_path, "kcn", ["base"]) == tmp_path / "kcn" / "pipeline"  # no best kept
+    args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", "--keep_final", "base"])
+    assert args.keep_final == ["base"]
+
+
+def test_compare_pipelines_scores_whole_held_out_photos_and_refuses_the_evaluation_draw(capsys):
+    from fidediff_pipeline import DEFAULT_MODEL
+    from train import compare_pipelines
+
+    with pytest.raises(SystemExit):
+        compare_pipelines.main([DEFAULT_MODEL, "--seed", "2024"])
+    assert "tune on the test" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_pipelines.main([str(Path(DEFAULT_MODEL).parent)])
+    assert "no model_index.json" in capsys.readouterr().err
+    results = compare_pipelines.main([DEFAULT_MODEL, "--trajectories", "1", "--timestep", "auto", "--threads", "2"])
+    gain = results[DEFAULT_MODEL]["gain"]
+    assert sorted(gain) == [7, 11, 15] and all(np.isfinite(g) for g in gain.values())
+    assert results[DEFAULT_MODEL]["mean_gain"] > 0.3  # the bundled model deblurs these photos

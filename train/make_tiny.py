@@ -278,24 +278,27 @@ def stage_plan(args, work: Path) -> list[dict]:
     return plan
 
 
-def copy_kcn_result(work: Path) -> Path:
+def copy_kcn_result(work: Path, keep_final=()) -> Path:
     """The time stage's starting point: stage 3's result (its best validated pipeline), copied when stage 3 is done."""
     from fidediff_pipeline.atomic_io import atomic_folder
 
     target = work / "kcn_result"
     if not (target / "model_index.json").is_file():
         with atomic_folder(target) as tmp:
-            shutil.copytree(stage_result(work, "kcn"), tmp, dirs_exist_ok=True)
+            shutil.copytree(stage_result(work, "kcn", keep_final), tmp, dirs_exist_ok=True)
     return target
 
 
-def stage_result(work: Path, name: str) -> Path:
-    """A finished stage's pipeline: the best validated one where the stage keeps one, else its final export."""
+def stage_result(work: Path, name: str, keep_final=()) -> Path:
+    """A finished stage's pipeline: the best validated one where the stage keeps one, else (or for a stage named in
+    ``keep_final``) its final export."""
     best = work / name / "best_pipeline"
-    return best if (best / "model_index.json").is_file() else work / name / "pipeline"
+    if name in keep_final or not (best / "model_index.json").is_file():
+        return work / name / "pipeline"
+    return best
 
 
-def merge_for_kcn(work: Path) -> Path:
+def merge_for_kcn(work: Path, keep_final=()) -> Path:
     """Stage 3's starting point: the best stage-1 pipeline plus a Kernel ControlNet copied from its UNet, with M and
     T from stage 2 (what running stage 2 after stage 1 would give: stage 2 trains only M and T)."""
     from fidediff_pipeline import FideDiffPipeline
@@ -307,7 +310,7 @@ def merge_for_kcn(work: Path) -> Path:
         return out
     import torch
 
-    base = FideDiffPipeline.from_pretrained(stage_result(work, "base"))
+    base = FideDiffPipeline.from_pretrained(stage_result(work, "base", keep_final))
     kernel = FideDiffPipeline.from_pretrained(work / "kernel" / "pipeline").kernel_controlnet
     torch.manual_seed(0)
     kcn = build_kernel_controlnet("tiny", base.unet, kernel.config.kernel_size)
@@ -377,9 +380,9 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
                 break
             if all(stage_done(work, need) for need in job["needs"]):
                 if job["name"] == "kcn":
-                    merge_for_kcn(work)
+                    merge_for_kcn(work, args.keep_final)
                 if job["name"] == "time":
-                    copy_kcn_result(work)
+                    copy_kcn_result(work, args.keep_final)
                 if job["name"] in ("base", "base_noct") and args.init_base_from:
                     warm_start_base(work, Path(args.init_base_from))
                 running[job["name"]] = (launch(job, work, args), time.time())
@@ -462,6 +465,10 @@ def parse_args(argv=None):
     p.add_argument("--base_seed", type=int, default=None,
                    help="seed of a warm-started stage 1 (default --seed + 1); a further round from a warm-started "
                         "result takes another one, so it does not replay its start's crops and trajectories")
+    p.add_argument("--keep_final", nargs="+", default=[], choices=["base", "kcn"], metavar="STAGE",
+                   help="carry these stages' final pipelines (end of the schedule) forward instead of their best "
+                        "validated ones: the 18 held-out crops are a noisy judge (train/compare_pipelines.py checks "
+                        "on more whole images)")
     p.add_argument("--steps", nargs="+", default=[], metavar="STAGE=N",
                    help=f"override steps of stages (before --steps_scale), e.g. base=1500; defaults: {STEPS}")
     p.add_argument("--refit_t", action="store_true",
@@ -516,7 +523,7 @@ def main(argv=None):
     if args.only:
         logger.info("stages %s done (--only: no export)", args.only)
         return {"stage_minutes": timings}
-    export_checkpoint(stage_result(work, "time" if args.refit_t else "kcn"), Path(args.export_dir))
+    export_checkpoint(stage_result(work, "time" if args.refit_t else "kcn", args.keep_final), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # Minutes per stage: each stage's own training time (train_summary.json), so stages that finished in an
@@ -531,7 +538,7 @@ def main(argv=None):
     summary = {"seed": args.seed, "device": args.device, "threads": args.threads, "parallel": args.parallel,
                # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
                "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
-               "init_base_from": args.init_base_from, "base_seed": args.base_seed, "refit_t": args.refit_t,
+               "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
                "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     from fidediff_pipeline.atomic_io import write_text_atomic
