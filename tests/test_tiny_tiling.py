@@ -135,3 +135,25 @@ def test_on_the_cpu_a_large_image_goes_through_the_tiny_vae_in_windows_with_the_
     assert len(windows) == 2 * 4 and max(max(w[-2:]) for w in windows[4:]) <= module.TINY_VAE_CPU_WINDOW
     assert (latents - whole).abs().max() < 1e-4 and (decoded - whole_decoded).abs().max() < 1e-4
     assert pipe._tiny_vae_windows((256, 200), False, 256) is None  # one window's worth: the whole pass
+
+
+def test_the_tiled_path_runs_the_kernel_estimator_once_per_tile_and_again_only_beyond_its_budget(monkeypatch):
+    import fidediff_pipeline.pipelines.pipeline_fidediff as module
+    from fidediff_pipeline.tiling import iterate_tiles
+
+    pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    blurry = skimage.data.coffee()[:256, :320]
+    calls = []
+    pipe.kernel_controlnet.kernel_estimator.register_forward_hook(lambda *_: calls.append(1))
+    kwargs = dict(tiling=True, tile_size=64, tile_overlap=16, output_type="np", return_kernels=True)
+    once = pipe(blurry, **kwargs)
+    tiles = len(list(iterate_tiles(128, 160, 64, 16)))  # the tiny model's latents: half the pixels
+    assert tiles > 1 and len(calls) == tiles
+    calls.clear()
+    monkeypatch.setattr(module, "TILE_KERNEL_BUDGET_BYTES", 0)  # nothing kept: every tile's kernels estimated again
+    twice = pipe(blurry, **kwargs)
+    assert len(calls) == 2 * tiles
+    # Same crops, same kernels: keeping them changes nothing.
+    assert np.array_equal(once.images[0], twice.images[0]) and once.timesteps == twice.timesteps
+    assert np.allclose(once.kernels[0], twice.kernels[0])

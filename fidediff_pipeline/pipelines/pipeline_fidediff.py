@@ -41,6 +41,10 @@ DEFAULT_TIMESTEP = 200
 # 1024 x 1024 latents of the tiny model on one thread: whole 10.5 s, 512-latent windows 9.8 s, 256-latent 7.7 s,
 # 192-latent 8.9 s; the same output (benchmarks/README.md).
 TINY_VAE_CPU_WINDOW = 256
+# Kernel maps the tiled path keeps from its first pass (t) for its second (the UNet tiles), so that the kernel
+# estimator runs once per tile; beyond this the remaining tiles' kernels are estimated again (bounded memory). The
+# tiny model at 2048 x 2048 px needs about 0.5 GiB (25 tiles, one 361-tap kernel per 4 x 4 px, fp32).
+TILE_KERNEL_BUDGET_BYTES = 768 * 2**20
 _COMPONENT_CLASSES = {"prompt_embedding": FideDiffPromptEmbedding, "kernel_controlnet": KernelControlNetModel}
 
 EXAMPLE_DOC_STRING = """
@@ -693,10 +697,10 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         z_t = self._vae_encode(upsample_for_vae(x, upscale), use_tiling, tile)
 
         kcn = self.kernel_controlnet
-        kernels, predicted = None, [None] * batch
+        kernels, predicted, tile_kernels = None, [None] * batch, {}
         if kcn is not None:
             if use_tiling:
-                predicted = self._predict_timestep_tiled(x, tile * self.vae_scale_factor // upscale)
+                predicted, tile_kernels = self._estimate_tile_kernels(x, z_t.shape[-2:], tile, overlap, upscale)
             else:
                 kout = kcn(image=x)
                 kernels, predicted = kout.kernels, [float(v) for v in kout.predicted_timestep]
@@ -705,7 +709,8 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         if use_tiling:
             eps, kernels = self._predict_noise_tiled(z_t, x, t_tensor, encoder_hidden_states, tile, overlap,
-                                                     upscale, conditioning_scale, return_kernels, progress)
+                                                     upscale, conditioning_scale, return_kernels, progress,
+                                                     tile_kernels)
         else:
             eps = self._predict_noise(z_t, t_tensor, encoder_hidden_states, kernels, conditioning_scale)
             progress.update(batch)
@@ -756,43 +761,65 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             down_block_additional_residuals=down_res, mid_block_additional_residual=mid_res,
         ).sample
 
-    def _predict_timestep_tiled(self, x: torch.Tensor, image_tile: int) -> list[float]:
-        """t-prediction on image tiles, averaged by tile area per image (bounded memory for any image size)."""
-        totals, weight = [0.0] * x.shape[0], 0.0
-        for y0, y1, x0, x1 in iterate_tiles(x.shape[-2], x.shape[-1], image_tile, 0):
-            t_tile = self.kernel_controlnet(image=x[..., y0:y1, x0:x1]).predicted_timestep
-            area = (y1 - y0) * (x1 - x0)
-            totals = [total + float(t) * area for total, t in zip(totals, t_tile)]
+    def _tile_crop_kernels(self, x: torch.Tensor, box: tuple[int, int, int, int], pixels_per_latent: int):
+        """M and T on the image crop of one latent tile ``box`` plus a margin of context: ``(crop_kernels, crop_box,
+        tile_kernels, predicted)``, ``tile_kernels`` being the kernels of the tile's own region (what the ControlNet
+        gets) and ``predicted`` T's t for the crop. Through the Kernel ControlNet's own call, so model offloading
+        hooks see it."""
+        kcn = self.kernel_controlnet
+        iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in box)
+        margin = 4 * pixels_per_latent  # context for the kernel estimator at the tile border
+        cy0, cx0 = max(iy0 - margin, 0), max(ix0 - margin, 0)
+        cy1, cx1 = min(iy1 + margin, x.shape[-2]), min(ix1 + margin, x.shape[-1])
+        # A coarse kernel map (kernel_stride s > 1): the crop starts on the s-pixel block grid, so its blocks are
+        # the whole image's blocks; the tile takes the blocks it touches.
+        s = kcn.kernel_stride
+        cy0, cx0 = cy0 - cy0 % s, cx0 - cx0 % s
+        out = kcn(image=x[..., cy0:cy1, cx0:cx1])
+        crop_kernels = out.kernels
+        tile_kernels = crop_kernels[..., (iy0 - cy0) // s: -(-(iy1 - cy0) // s), (ix0 - cx0) // s: -(-(ix1 - cx0) // s)]
+        return crop_kernels, (cy0, cy1, cx0, cx1), tile_kernels, out.predicted_timestep
+
+    def _estimate_tile_kernels(self, x: torch.Tensor, latent_hw, tile: int, overlap: int, upscale: int):
+        """First pass of the tiled path: M and T once per UNet tile (its image crop with context), T's t averaged by
+        tile area into one t per image (t must be known before the first UNet tile). Returns
+        ``(predicted, kept)``: ``kept`` maps a tile to M's output, for the second pass, while the maps fit in
+        `TILE_KERNEL_BUDGET_BYTES` (the rest are estimated again there), so M runs once per tile in most cases and
+        memory stays bounded for any image size."""
+        pixels_per_latent = self.vae_scale_factor // upscale
+        totals, weight, kept, kept_bytes = torch.zeros(x.shape[0], dtype=torch.float64), 0.0, {}, 0
+        for box in iterate_tiles(*latent_hw, tile, overlap):
+            crop_kernels, crop_box, tile_kernels, predicted = self._tile_crop_kernels(x, box, pixels_per_latent)
+            area = (box[1] - box[0]) * (box[3] - box[2])
+            totals += predicted.double().cpu() * area
             weight += area
-        return [total / weight for total in totals]
+            size = crop_kernels.numel() * crop_kernels.element_size()
+            if kept_bytes + size <= TILE_KERNEL_BUDGET_BYTES:
+                kept[box] = (crop_kernels, crop_box, tile_kernels)
+                kept_bytes += size
+        return [float(v) for v in totals / weight], kept
 
     def _predict_noise_tiled(self, z_t, x, t, encoder_hidden_states, tile, overlap, upscale, conditioning_scale,
-                             return_kernels, progress):
-        """UNet (+ Kernel ControlNet) on overlapping latent tiles, blended with Gaussian weights."""
+                             return_kernels, progress, tile_kernels=None):
+        """UNet (+ Kernel ControlNet) on overlapping latent tiles, blended with Gaussian weights; ``tile_kernels``:
+        M's outputs kept by `_estimate_tile_kernels` (others are estimated here)."""
         eps_sum = torch.zeros_like(z_t, dtype=torch.float32)
         weight_sum = torch.zeros_like(z_t[:, :1], dtype=torch.float32)
         kcn = self.kernel_controlnet
         pixels_per_latent = self.vae_scale_factor // upscale
-        margin = 4 * pixels_per_latent  # context for the kernel estimator at the tile border
         kernel_map = kernel_weight = None
         if return_kernels and kcn is not None:
             kernel_map = torch.zeros(x.shape[0], kcn.config.kernel_size ** 2, *x.shape[-2:], dtype=torch.float32)
             kernel_weight = torch.zeros(1, 1, *x.shape[-2:], dtype=torch.float32)
-        for y0, y1, x0, x1 in iterate_tiles(z_t.shape[-2], z_t.shape[-1], tile, overlap):
+        for box in iterate_tiles(z_t.shape[-2], z_t.shape[-1], tile, overlap):
+            y0, y1, x0, x1 = box
             z_tile = z_t[..., y0:y1, x0:x1]
             kernels = None
             if kcn is not None:
-                iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in (y0, y1, x0, x1))
-                cy0, cx0 = max(iy0 - margin, 0), max(ix0 - margin, 0)
-                cy1, cx1 = min(iy1 + margin, x.shape[-2]), min(ix1 + margin, x.shape[-1])
-                # A coarse kernel map (kernel_stride s > 1): the crop starts on the s-pixel block grid, so its blocks
-                # are the whole image's blocks; the tile takes the blocks it touches.
-                s = kcn.kernel_stride
-                cy0, cx0 = cy0 - cy0 % s, cx0 - cx0 % s
-                crop_kernels = kcn(image=x[..., cy0:cy1, cx0:cx1]).kernels
-                kernels = crop_kernels[..., (iy0 - cy0) // s: -(-(iy1 - cy0) // s),
-                                       (ix0 - cx0) // s: -(-(ix1 - cx0) // s)]
+                known = (tile_kernels or {}).pop(box, None)  # dropped once used: memory back as the pass goes
+                crop_kernels, (cy0, cy1, cx0, cx1), kernels = (known or self._tile_crop_kernels(x, box, pixels_per_latent))[:3]
                 if kernel_map is not None:
+                    iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in box)
                     pixel_kernels = expand_kernel_map(crop_kernels, cy1 - cy0, cx1 - cx0)
                     pixel_kernels = pixel_kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
                     w_img = gaussian_weights(iy1 - iy0, ix1 - ix0)
