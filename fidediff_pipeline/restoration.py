@@ -115,6 +115,7 @@ def restore(
     conditioning_scale: float = 1.0,
     z_t: torch.Tensor | None = None,
     color_fix_sigma: float | None = None,
+    kernels: torch.Tensor | None = None,
 ) -> RestoreOutput:
     """FideDiff's one-step restoration of a batch, differentiable (the training forward pass).
 
@@ -127,6 +128,8 @@ def restore(
         z_t: precomputed ``encode_latents(vae, x, upscale_factor)`` (e.g. under ``no_grad`` with a frozen VAE).
         color_fix_sigma: apply :func:`low_frequency_transfer` from ``x`` (as the pipeline does when its config
             sets ``color_fix_sigma``).
+        kernels: the Kernel ControlNet's kernels for ``x``, already estimated (e.g. to pick the UNet's t from their
+            t-regressor first); then ``predicted_timestep`` of the output is ``None``.
     """
     if z_t is None:
         z_t = encode_latents(vae, x, upscale_factor)
@@ -134,7 +137,7 @@ def restore(
     if kernel_controlnet is not None:
         kout = kernel_controlnet(
             image=x, sample=z_t, timestep=timesteps, encoder_hidden_states=encoder_hidden_states,
-            conditioning_scale=conditioning_scale,
+            kernels=kernels, conditioning_scale=conditioning_scale,
         )  # fmt: skip
         down_res, mid_res = kout.down_block_res_samples, kout.mid_block_res_sample
         kernels, predicted = kout.kernels, kout.predicted_timestep

@@ -378,6 +378,36 @@ def test_stage1_latent_l1_uses_each_samples_own_sharp_latents():
     torch.testing.assert_close(logs["latent"], expected, rtol=1e-5, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("source", ["true", "predicted"])
+def test_kcn_stage_runs_the_unet_at_the_true_or_the_predicted_t(source):
+    """--unet_timestep predicted: the UNet (and the ControlNet) get T's estimate rounded as the pipeline rounds it,
+    while the time loss still compares T with the true t; the default keeps the true t."""
+    from types import SimpleNamespace
+
+    from fidediff_pipeline.presets import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    torch.manual_seed(0)
+    batch = {"blurry": torch.rand(3, 3, 16, 16), "sharp": torch.rand(3, 3, 16, 16),
+             "timesteps": torch.tensor([120, 200, 280])}
+    args = SimpleNamespace(upscale_factor=1, color_fix_sigma=None, reblur_space="linear", latent_weight=0.0,
+                           fft_weight=0.0, reblur_weight=1.0, time_weight=1.0, kernel_weight=0.0,
+                           kernel_moment_weight=0.0, unet_timestep=source)
+    model = train_kcn.KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
+                                    pipe.scheduler.alphas_cumprod, args, None)
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[1].clone()))
+    with torch.no_grad():
+        logs = model(batch)
+        predicted = pipe.kernel_controlnet(image=batch["blurry"] * 2 - 1).predicted_timestep
+    expected = batch["timesteps"] if source == "true" else torch.tensor([int(round(float(p))) for p in predicted])
+    assert torch.equal(seen[0], expected)
+    assert not torch.equal(predicted.round().long(), batch["timesteps"])  # the two cases differ
+    torch.testing.assert_close(logs["t_mae"], (predicted - batch["timesteps"]).abs().mean())
+    assert train_kcn.inference_timesteps(torch.tensor([-3.0, 2.5, 3.5, 1200.0]), 1000).tolist() == [0, 2, 4, 999]
+
+
 # ---------------------------------------------------------------------------------------- checkpoints (issue 13)
 def _fake_checkpoint(folder: Path, rng: bytes | None = b"zip") -> Path:
     """A checkpoint folder with the files accelerate writes (contents do not matter to the selection)."""

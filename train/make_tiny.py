@@ -270,7 +270,8 @@ def stage_plan(args, work: Path) -> list[dict]:
                            "--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "30",
                            "--lpips_weight", "0", "--edge_weight", "0.5", "--fft_weight", "0.5",
                            "--reblur_weight", "1.0", "--latent_weight", "1.0", "--time_weight", "10",
-                           "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0"]))
+                           "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0",
+                           "--unet_timestep", args.kcn_unet_timestep]))
     if not args.refit_t:
         return plan
     # Not in the paper, off by default: stage 3 also changes M (its restoration, reblur and time losses reach M), so
@@ -479,6 +480,9 @@ def parse_args(argv=None):
                         "on more whole images)")
     p.add_argument("--steps", nargs="+", default=[], metavar="STAGE=N",
                    help=f"override steps of stages (before --steps_scale), e.g. base=1500; defaults: {STEPS}")
+    p.add_argument("--kcn_unet_timestep", type=str, default="true", choices=["true", "predicted"],
+                   help="stage 3 runs the UNet and the ControlNet at the true t or at T's estimate "
+                        "(train_kcn.py --unet_timestep)")
     p.add_argument("--refit_t", action="store_true",
                    help="after stage 3, refit the t-regressor alone to the final kernel estimator ('time' stage; "
                         "export its result). Off by default: it lowered t-MAE but also the PSNR gain")
@@ -547,6 +551,7 @@ def main(argv=None):
                # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
                "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
+               "kcn_unet_timestep": args.kcn_unet_timestep,
                "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     from fidediff_pipeline.atomic_io import write_text_atomic

@@ -3,7 +3,10 @@
 
 Loss ``L1 + lambda1 * EA-LPIPS + lambda3 * reblur + lambda4 * L_time``, where ``L_time`` is the L2 between the
 t-regressor's output and the true ``t`` (both / 1000). The UNet, the VAE and the learned embedding are frozen;
-the UNet sees the ground-truth ``t`` (as in stage 1), the t-regressor learns to predict it for inference.
+by default the UNet sees the ground-truth ``t`` (as in stage 1) and the t-regressor learns to predict it for
+inference. With ``--unet_timestep predicted`` the UNet and the ControlNet instead run at the t-regressor's own
+(rounded, detached) estimate, as they do at inference with ``timestep="auto"``: the ControlNet then learns to
+restore at the t it will actually be given (not in the paper, which does not say which t stage 3 uses).
 
     accelerate launch train/train_kcn.py --init_from runs/kernel/pipeline \
         --train_manifest data/gopro_enlarged/manifest.csv --validation_manifest data/gopro_test/manifest.csv \
@@ -32,6 +35,8 @@ def parse_args(argv=None):
     g = parser.add_argument_group("stage 3")
     g.add_argument("--reblur_weight", type=float, default=1.0, help="lambda3")
     g.add_argument("--time_weight", type=float, default=1.0, help="lambda4 (L2 on t/1000)")
+    g.add_argument("--unet_timestep", type=str, default="true", choices=["true", "predicted"],
+                   help="the t the frozen UNet and the ControlNet run at: the true t, or T's estimate as at inference")
     g.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (when --init_from has none)")
     # Stage 3 also trains M (eq. 13 reaches it through the restoration, reblur and time losses); with these flags
     # the true kernels keep it as accurate as stage 2 left it.
@@ -42,6 +47,12 @@ def parse_args(argv=None):
     if min(args.reblur_weight, args.time_weight, args.kernel_weight, args.kernel_moment_weight) < 0:
         parser.error("--reblur_weight, --time_weight, --kernel_weight and --kernel_moment_weight must be >= 0")
     return args
+
+
+def inference_timesteps(predicted: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """The t-regressor's estimates as the pipeline uses them with ``timestep="auto"``: rounded to the nearest step
+    (half to even, as Python's ``round``), clamped to ``[0, num_train_timesteps - 1]``, no gradient."""
+    return predicted.detach().float().round().clamp(0, num_train_timesteps - 1).long()
 
 
 class KCNStageModel(nn.Module):
@@ -67,8 +78,17 @@ class KCNStageModel(nn.Module):
         with torch.no_grad():
             z_t = encode_latents(fz["vae"], x, args.upscale_factor)
             context = fz["prompt_embedding"](batch_size=x.shape[0]).to(z_t.dtype)
-        out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, timesteps, args.upscale_factor,
-                      kernel_controlnet=self.kernel_controlnet, z_t=z_t, color_fix_sigma=args.color_fix_sigma)
+        kernels = predicted = None
+        unet_timesteps = timesteps
+        if args.unet_timestep == "predicted":
+            kernels = self.kernel_controlnet.kernel_estimator(x)
+            predicted = self.kernel_controlnet.timestep_regressor(kernels)
+            unet_timesteps = inference_timesteps(predicted, len(self.alphas_cumprod))
+        out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, unet_timesteps, args.upscale_factor,
+                      kernel_controlnet=self.kernel_controlnet, z_t=z_t, color_fix_sigma=args.color_fix_sigma,
+                      kernels=kernels)
+        if predicted is None:
+            predicted = out.predicted_timestep
         restored = out.image.float()
         l1 = F.l1_loss(restored, target)
         ea, logs = common.ea_lpips_terms(fz["ea"], restored, target, args)
@@ -76,13 +96,13 @@ class KCNStageModel(nn.Module):
         ea = ea + fft
         logs.update(fft_logs)
         reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), out.kernels, args.reblur_space)
-        t_loss = time_regression_loss(out.predicted_timestep, timesteps)
+        t_loss = time_regression_loss(predicted, timesteps)
         latent, latent_logs = common.latent_l1_term(fz["vae"], out.z0, target, args)
         supervision, supervision_logs = common.kernel_supervision_terms(out.kernels, batch, args)
         loss = l1 + ea + latent + args.reblur_weight * reblur + args.time_weight * t_loss + supervision
         logs.update(latent_logs)
         logs.update(supervision_logs)
-        t_mae = (out.predicted_timestep.detach().float() - timesteps.float()).abs().mean()
+        t_mae = (predicted.detach().float() - timesteps.float()).abs().mean()
         return {"loss": loss, "l1": l1.detach(), "reblur": reblur.detach(), "time": t_loss.detach(), "t_mae": t_mae, **logs}
 
 
