@@ -197,10 +197,15 @@ def build_prompt_embedding(preset: str, unet=None):
     return FideDiffPromptEmbedding(num_tokens=_settings(preset)["num_tokens"], embedding_dim=dim)
 
 
-def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None):
+def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
+                            autocorrelation_radius: int | None = None):
+    """A new Kernel ControlNet for ``unet`` with the preset's sizes; ``kernel_size`` (m) and
+    ``autocorrelation_radius`` (M's gradient-autocorrelation features, 0 = off) override the preset's."""
     from .models.modeling_kernel_controlnet import KernelControlNetModel
 
     settings = _settings(preset)
+    if autocorrelation_radius is None:
+        autocorrelation_radius = settings["estimator_autocorrelation_radius"]
     return KernelControlNetModel.from_unet(
         unet,
         kernel_size=kernel_size or settings["kernel_size"],
@@ -208,7 +213,7 @@ def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None):
         regressor_channels=settings["regressor_channels"],
         kernel_embedding_channels=settings["kernel_embedding_channels"],
         kernel_stride=settings["kernel_stride"],
-        estimator_autocorrelation_radius=settings["estimator_autocorrelation_radius"],
+        estimator_autocorrelation_radius=autocorrelation_radius,
     )
 
 

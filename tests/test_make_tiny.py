@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,6 +55,42 @@ def test_a_warm_started_stage_1_draws_a_fresh_data_stream_at_half_the_learning_r
         "4", "5e-4", str(tmp_path / "base_init"))
     # A further round from a warm-started result takes its own seed (the held-out set keeps --seed's).
     assert base_flags("--seed", "3", "--base_seed", "9", "--init_base_from", str(tmp_path / "start"))[0] == "9"
+
+
+
+def test_kernel_window_autocorrelation_reach_and_stage_3_t_reach_their_stages(tmp_path):
+    def jobs(*extra):
+        args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])
+        return {job["name"]: job["argv"] for job in make_tiny.stage_plan(args, tmp_path)}
+
+    flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
+    default = jobs()
+    assert (flag(default["kernel"], "--kernel_size"), flag(default["kernel"], "--autocorrelation_radius")) == ("19", "14")
+    assert flag(default["kcn"], "--unet_timestep") == "true"
+    changed = jobs("--kernel_size", "23", "--autocorrelation_radius", "18", "--kcn_unet_timestep", "predicted")
+    assert (flag(changed["kernel"], "--kernel_size"), flag(changed["kernel"], "--autocorrelation_radius")) == ("23", "18")
+    assert flag(changed["kcn"], "--unet_timestep") == "predicted"
+    with pytest.raises(SystemExit):
+        make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", "--kernel_size", "20"])
+
+
+def test_the_merge_for_stage_3_keeps_the_kernel_stages_estimator(tmp_path):
+    """Stage 3's start gets a ControlNet from the stage-1 UNet and M + T (window, autocorrelation reach, weights)
+    from stage 2, whatever the preset's defaults."""
+    from fidediff_pipeline import FideDiffPipeline
+    from fidediff_pipeline.presets import build_kernel_controlnet, build_pipeline
+
+    base = build_pipeline("tiny", with_kernel_controlnet=False, seed=0)
+    base.save_pretrained(tmp_path / "base" / "pipeline")
+    kernel = build_pipeline("tiny", with_kernel_controlnet=False, seed=1)
+    kernel.register_modules(kernel_controlnet=build_kernel_controlnet("tiny", kernel.unet, 13, 18))
+    kernel.save_pretrained(tmp_path / "kernel" / "pipeline")
+    merged = FideDiffPipeline.from_pretrained(make_tiny.merge_for_kcn(tmp_path, keep_final=("base",)))
+    kcn = merged.kernel_controlnet
+    assert (kcn.config.kernel_size, kcn.config.estimator_autocorrelation_radius) == (13, 18)
+    for name, value in kernel.kernel_controlnet.kernel_estimator.state_dict().items():
+        assert torch.equal(kcn.kernel_estimator.state_dict()[name], value), name
+    assert torch.equal(kcn.controlnet.conv_in.weight, base.unet.conv_in.weight)
 
 
 def test_the_w_o_ct_ablation_is_the_same_run_without_consistency(tmp_path):

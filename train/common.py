@@ -294,7 +294,8 @@ def load_pipeline(args, with_kernel_controlnet: bool):
         raise SystemExit("error: pass --init_from <pipeline folder> or --preset tiny|sd21-base")
     if with_kernel_controlnet and pipe.kernel_controlnet is None:
         torch.manual_seed(args.seed)
-        kcn = build_kernel_controlnet(args.preset or "sd21-base", pipe.unet, getattr(args, "kernel_size", None))
+        kcn = build_kernel_controlnet(args.preset or "sd21-base", pipe.unet, getattr(args, "kernel_size", None),
+                                      getattr(args, "autocorrelation_radius", None))
         pipe.register_modules(kernel_controlnet=kcn)
     elif not with_kernel_controlnet and pipe.kernel_controlnet is not None:
         pipe.register_modules(kernel_controlnet=None)

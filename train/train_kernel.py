@@ -33,6 +33,9 @@ def add_reblur_args(parser) -> None:
 def parse_args(argv=None):
     parser = common.build_parser(__doc__.splitlines()[1])
     parser.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (odd; default: preset's)")
+    parser.add_argument("--autocorrelation_radius", type=int, default=None,
+                        help="of a NEW Kernel ControlNet: M's gradient-autocorrelation features reach this many px "
+                             "(0 = off; default: the preset's; not in the paper)")
     add_reblur_args(parser)
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
@@ -51,6 +54,8 @@ def parse_args(argv=None):
         parser.error("--kernel_weight, --kernel_moment_weight and --time_weight must be >= 0")
     if args.kernel_size is not None and (args.kernel_size < 1 or args.kernel_size % 2 == 0):
         parser.error(f"--kernel_size must be odd and >= 1; got {args.kernel_size}")
+    if args.autocorrelation_radius is not None and args.autocorrelation_radius < 0:
+        parser.error(f"--autocorrelation_radius must be >= 0 (0 = off); got {args.autocorrelation_radius}")
     return args
 
 
