@@ -147,3 +147,6 @@ def test_compare_pipelines_scores_whole_held_out_photos_and_refuses_the_evaluati
     gain = results[DEFAULT_MODEL]["gain"]
     assert sorted(gain) == [7, 11, 15] and all(np.isfinite(g) for g in gain.values())
     assert results[DEFAULT_MODEL]["mean_gain"] > 0.3  # the bundled model deblurs these photos
+    t_mae = results[DEFAULT_MODEL]["t_mae"]  # t-prediction ran: its error per level is reported too
+    assert sorted(t_mae) == [7, 11, 15] and all(0 <= v < 1000 for v in t_mae.values())
+    assert "t-MAE" in capsys.readouterr().out

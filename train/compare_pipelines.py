@@ -31,7 +31,8 @@ EVALUATION_SEED = 2024  # train/evaluate_tiny.py's default --seed
 
 
 def compare(pipelines: list[str], seed: int, trajectories: int, timestep) -> dict:
-    """``{pipeline: {"gain": {n: dB}, "mean_gain": dB}}`` on one draw of the held-out photos."""
+    """``{pipeline: {"gain": {n: dB}, "mean_gain": dB}}`` on one draw of the held-out photos, plus ``"t_mae"``
+    ``{n: MAE}`` where the pipeline predicted t."""
     import torch  # noqa: F401  (threads are set by the caller)
 
     from fidediff_pipeline import FideDiffPipeline
@@ -47,6 +48,8 @@ def compare(pipelines: list[str], seed: int, trajectories: int, timestep) -> dic
         scores = run_variant(pipe, pairs, timestep)
         gain = {n: scores[n]["psnr"] - inputs[n]["psnr"] for n in LEVELS}
         results[path] = {"gain": gain, "mean_gain": float(np.mean(list(gain.values())))}
+        if all("t_mae" in scores[n] for n in LEVELS):
+            results[path]["t_mae"] = {n: scores[n]["t_mae"] for n in LEVELS}
     return results
 
 
@@ -85,7 +88,8 @@ def main(argv=None):
           f"{args.trajectories} trajectories per photo, timestep {args.timestep}:")
     for path, row in results.items():
         per_level = " ".join(f"n={n}: {g:+.3f}" for n, g in row["gain"].items())
-        print(f"  {path}: {per_level}  mean {row['mean_gain']:+.3f}")
+        t_mae = " ".join(f"{row['t_mae'][n]:.0f}" for n in row["t_mae"]) if "t_mae" in row else ""
+        print(f"  {path}: {per_level}  mean {row['mean_gain']:+.3f}" + (f"  t-MAE {t_mae}" if t_mae else ""))
     if args.out:
         from fidediff_pipeline.atomic_io import write_text_atomic
 
