@@ -66,10 +66,10 @@ def test_kernel_window_autocorrelation_reach_and_stage_3_t_reach_their_stages(tm
     flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
     default = jobs()
     assert (flag(default["kernel"], "--kernel_size"), flag(default["kernel"], "--autocorrelation_radius")) == ("19", "14")
-    assert flag(default["kcn"], "--unet_timestep") == "true"
-    changed = jobs("--kernel_size", "23", "--autocorrelation_radius", "18", "--kcn_unet_timestep", "predicted")
+    assert flag(default["kcn"], "--unet_timestep") == "predicted"
+    changed = jobs("--kernel_size", "23", "--autocorrelation_radius", "18", "--kcn_unet_timestep", "true")
     assert (flag(changed["kernel"], "--kernel_size"), flag(changed["kernel"], "--autocorrelation_radius")) == ("23", "18")
-    assert flag(changed["kcn"], "--unet_timestep") == "predicted"
+    assert flag(changed["kcn"], "--unet_timestep") == "true"
     with pytest.raises(SystemExit):
         make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", "--kernel_size", "20"])
 

@@ -263,9 +263,11 @@ def stage_plan(args, work: Path) -> list[dict]:
                          argv=[*noct, *base_flags_1, "--no_consistency"]))
     # Stage 3 keeps stage 2's supervision of M by the builder's true kernels (round 3, same start and steps, 36 whole
     # held-out images of train/compare_pipelines.py, t-prediction: final pipelines +1.17 dB with it, +1.12 without).
-    # 1600 steps at 5e-4 rather than 400 at 2e-4. Measured from the same stage-1 and stage-2 results on the
-    # whole held-out images: +1.01 dB against +0.96 (true t and t-prediction alike), t-MAE 21 / 42 / 111 against
-    # 13 / 47 / 117 at n = 7 / 11 / 15.
+    # It runs the UNet and the ControlNet at T's own estimate of t, as inference does (--kcn_unet_timestep; round 3's
+    # merged start, 1600 steps each, the same 36 images: +1.20 dB with t-prediction against +1.17 when trained at the
+    # true t; Kernel ControlNet minus base at t = 200 +0.08 against +0.05). 1600 steps at 5e-4 rather than 400 at
+    # 2e-4: measured from the same stage-1 and stage-2 results on the whole held-out images, +1.01 dB against +0.96
+    # (true t and t-prediction alike), t-MAE 21 / 42 / 111 against 13 / 47 / 117 at n = 7 / 11 / 15.
     plan.append(dict(name="kcn", script="train_kcn", needs=("base", "kernel"), threads=one,
                      argv=[*common_flags(args, work, "kcn", s["kcn"]), "--init_from", str(work / "merged"),
                            "--resolution", "64", "--train_batch_size", "4", "--levels_per_group", "3",
@@ -487,8 +489,8 @@ def parse_args(argv=None):
                    help="m of the Kernel ControlNet's kernels (odd; stage 2 creates it)")
     p.add_argument("--autocorrelation_radius", type=int, default=AUTOCORRELATION_RADIUS,
                    help="reach in px of M's gradient-autocorrelation features (stage 2 creates M)")
-    p.add_argument("--kcn_unet_timestep", type=str, default="true", choices=["true", "predicted"],
-                   help="stage 3 runs the UNet and the ControlNet at the true t or at T's estimate "
+    p.add_argument("--kcn_unet_timestep", type=str, default="predicted", choices=["true", "predicted"],
+                   help="stage 3 runs the UNet and the ControlNet at T's estimate (as at inference) or at the true t "
                         "(train_kcn.py --unet_timestep)")
     p.add_argument("--refit_t", action="store_true",
                    help="after stage 3, refit the t-regressor alone to the final kernel estimator ('time' stage; "
