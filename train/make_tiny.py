@@ -4,7 +4,7 @@
     python train/make_tiny.py                # ~2 h on this 2-core CPU; writes fidediff_pipeline/checkpoints/fidediff-tiny
     python train/make_tiny.py --device cuda  # the same recipe on a GPU
     python train/make_tiny.py --steps_scale 0.01 --work_dir /tmp/tiny_smoke --export_dir /tmp/tiny_smoke/out  # smoke test
-    # the bundled checkpoint, in two warm-started rounds that kept the VAE of commit 598d69b's checkpoint
+    # the bundled checkpoint, in warm-started rounds that kept the VAE of commit 598d69b's checkpoint
     # (<work_dir>/vae/pipeline = that checkpoint without its Kernel ControlNet, so stage 0 was skipped):
     # round 1 (commit 48eecd3's checkpoint): stage 1 continued from 598d69b's; stages 2 and 3 from scratch
     python train/make_tiny.py --work_dir runs/make_tiny4 --init_base_from runs/fidediff-tiny-598d69b \
@@ -14,11 +14,15 @@
     # result); stage 3 from scratch; the w/o-CT ablation is the same continuation without consistency training
     python train/make_tiny.py --work_dir runs/make_tiny5 --init_base_from runs/make_tiny4/base/best_pipeline \
         --steps base=2400 kernel=2500 kcn=1600
-    # round 3 (this checkpoint): stage 1 continued from round 2's best stage-1 pipeline with a third seed; stage 2 is
-    # round 2's; stage 3 with kernel supervision; final pipelines carried forward (train/compare_pipelines.py on 36
-    # whole held-out images: the best of the 18 validation crops was luck)
+    # round 3 (commit 5663c51's checkpoint): stage 1 continued from round 2's best stage-1 pipeline with a third seed;
+    # stage 2 is round 2's; stage 3 with kernel supervision; final pipelines carried forward
+    # (train/compare_pipelines.py on 36 whole held-out images: the best of the 18 validation crops was luck)
     python train/make_tiny.py --work_dir runs/make_tiny6 --init_base_from runs/make_tiny5/base/best_pipeline \
         --base_seed 2 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
+    # round 4 (this checkpoint): stage 1 continued from round 3's final stage-1 pipeline with a fourth seed; stage 2
+    # is round 2's; stage 3 at T's predicted t (now the default)
+    python train/make_tiny.py --work_dir runs/make_tiny7 --init_base_from runs/make_tiny6/base/pipeline \
+        --base_seed 3 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
