@@ -57,7 +57,6 @@ def test_a_warm_started_stage_1_draws_a_fresh_data_stream_at_half_the_learning_r
     assert base_flags("--seed", "3", "--base_seed", "9", "--init_base_from", str(tmp_path / "start"))[0] == "9"
 
 
-
 def test_kernel_window_autocorrelation_reach_and_stage_3_t_reach_their_stages(tmp_path):
     def jobs(*extra):
         args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])

@@ -378,7 +378,6 @@ def test_stage1_latent_l1_uses_each_samples_own_sharp_latents():
     torch.testing.assert_close(logs["latent"], expected, rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("source", ["true", "predicted"])
 def test_kcn_stage_runs_the_unet_at_the_true_or_the_predicted_t(source):
     """--unet_timestep predicted: the UNet (and the ControlNet) get T's estimate rounded as the pipeline rounds it,
