@@ -142,6 +142,7 @@ PRESET_SETTINGS = {
         kernel_embedding_channels=64,
         kernel_stride=1,  # the paper's per-pixel kernels
         estimator_autocorrelation_radius=0,  # the paper's M reads the image only
+        estimator_autocorrelation_window=16,  # unused while the radius is 0
     ),
     "tiny": dict(
         unet=tiny_unet_config,
@@ -161,6 +162,7 @@ PRESET_SETTINGS = {
         # M also reads the local autocorrelation of the image's gradients up to 14 px apart (not in the paper):
         # without it M predicted one average kernel for every blur after 3000 steps (docs/tiny_results.md).
         estimator_autocorrelation_radius=14,
+        estimator_autocorrelation_window=16,
     ),
 }
 
@@ -198,14 +200,17 @@ def build_prompt_embedding(preset: str, unet=None):
 
 
 def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
-                            autocorrelation_radius: int | None = None):
-    """A new Kernel ControlNet for ``unet`` with the preset's sizes; ``kernel_size`` (m) and
-    ``autocorrelation_radius`` (M's gradient-autocorrelation features, 0 = off) override the preset's."""
+                            autocorrelation_radius: int | None = None, autocorrelation_window: int | None = None):
+    """A new Kernel ControlNet for ``unet`` with the preset's sizes; ``kernel_size`` (m), ``autocorrelation_radius``
+    (M's gradient-autocorrelation features, 0 = off) and ``autocorrelation_window`` (the side in pixels they are
+    averaged over) override the preset's."""
     from .models.modeling_kernel_controlnet import KernelControlNetModel
 
     settings = _settings(preset)
     if autocorrelation_radius is None:
         autocorrelation_radius = settings["estimator_autocorrelation_radius"]
+    if autocorrelation_window is None:
+        autocorrelation_window = settings["estimator_autocorrelation_window"]
     return KernelControlNetModel.from_unet(
         unet,
         kernel_size=kernel_size or settings["kernel_size"],
@@ -214,6 +219,7 @@ def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
         kernel_embedding_channels=settings["kernel_embedding_channels"],
         kernel_stride=settings["kernel_stride"],
         estimator_autocorrelation_radius=autocorrelation_radius,
+        estimator_autocorrelation_window=autocorrelation_window,
     )
 
 

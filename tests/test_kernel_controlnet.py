@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import numpy as np
 import torch
@@ -141,3 +143,27 @@ def test_estimator_autocorrelation_is_off_in_the_paper_preset_and_checked():
     assert kernels.shape == (1, 25, 8, 11) and torch.allclose(kernels.sum(dim=1), torch.ones(1, 8, 11))
     with pytest.raises(ValueError, match="estimator_autocorrelation_radius must be 0 \\(off\\) or a positive int"):
         KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_autocorrelation_radius=-1)
+    with pytest.raises(ValueError, match="estimator_autocorrelation_window must be a positive int; got 0"):
+        KernelControlNetModel.from_unet(unet, kernel_size=5, estimator_autocorrelation_radius=8,
+                                        estimator_autocorrelation_window=0)
+
+
+def test_a_wider_autocorrelation_window_gives_steadier_features(tmp_path):
+    """The window (a config setting, 16 px when a saved config predates it) sets how many pixels each feature
+    averages: on a blurred noise texture the features vary less from block to block in a wider one."""
+    from fidediff_pipeline.models.modeling_kernel_controlnet import GradientAutocorrelation
+
+    torch.manual_seed(0)
+    blurry = _blur_along(torch.rand(1, 3, 100, 100) * 2 - 1, 9, vertical=False)
+    narrow, wide = GradientAutocorrelation(8, 4, window=16), GradientAutocorrelation(8, 4, window=48)
+    spread = lambda features: float(features(blurry)[..., 4:-4, 4:-4].std(dim=(2, 3)).mean())  # noqa: E731
+    assert spread(wide) < 0.6 * spread(narrow), (spread(wide), spread(narrow))
+    model = KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, estimator_channels=(16, 32, 64),
+                                            kernel_stride=4, estimator_autocorrelation_radius=8,
+                                            estimator_autocorrelation_window=48)
+    model.save_pretrained(tmp_path)
+    assert KernelControlNetModel.from_pretrained(tmp_path).kernel_estimator.autocorrelation.window == 48
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["estimator_autocorrelation_window"]  # a checkpoint saved before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert KernelControlNetModel.from_pretrained(tmp_path).kernel_estimator.autocorrelation.window == 16

@@ -64,13 +64,16 @@ def test_kernel_window_autocorrelation_reach_and_stage_3_t_reach_their_stages(tm
 
     flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
     default = jobs()
-    assert (flag(default["kernel"], "--kernel_size"), flag(default["kernel"], "--autocorrelation_radius")) == ("19", "14")
+    names = ("--kernel_size", "--autocorrelation_radius", "--autocorrelation_window")
+    assert tuple(flag(default["kernel"], name) for name in names) == ("19", "14", str(make_tiny.AUTOCORRELATION_WINDOW))
     assert flag(default["kcn"], "--unet_timestep") == "predicted"
-    changed = jobs("--kernel_size", "23", "--autocorrelation_radius", "18", "--kcn_unet_timestep", "true")
-    assert (flag(changed["kernel"], "--kernel_size"), flag(changed["kernel"], "--autocorrelation_radius")) == ("23", "18")
+    changed = jobs("--kernel_size", "23", "--autocorrelation_radius", "18", "--autocorrelation_window", "40",
+                   "--kcn_unet_timestep", "true")
+    assert tuple(flag(changed["kernel"], name) for name in names) == ("23", "18", "40")
     assert flag(changed["kcn"], "--unet_timestep") == "true"
-    with pytest.raises(SystemExit):
-        make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", "--kernel_size", "20"])
+    for bad in (["--kernel_size", "20"], ["--autocorrelation_window", "0"]):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
 
 
 def test_the_merge_for_stage_3_keeps_the_kernel_stages_estimator(tmp_path):
@@ -82,11 +85,14 @@ def test_the_merge_for_stage_3_keeps_the_kernel_stages_estimator(tmp_path):
     base = build_pipeline("tiny", with_kernel_controlnet=False, seed=0)
     base.save_pretrained(tmp_path / "base" / "pipeline")
     kernel = build_pipeline("tiny", with_kernel_controlnet=False, seed=1)
-    kernel.register_modules(kernel_controlnet=build_kernel_controlnet("tiny", kernel.unet, 13, 18))
+    kernel.register_modules(kernel_controlnet=build_kernel_controlnet("tiny", kernel.unet, 13, 18, 40))
     kernel.save_pretrained(tmp_path / "kernel" / "pipeline")
     merged = FideDiffPipeline.from_pretrained(make_tiny.merge_for_kcn(tmp_path, keep_final=("base",)))
     kcn = merged.kernel_controlnet
-    assert (kcn.config.kernel_size, kcn.config.estimator_autocorrelation_radius) == (13, 18)
+    config = kcn.config
+    assert (config.kernel_size, config.estimator_autocorrelation_radius, config.estimator_autocorrelation_window) == (
+        13, 18, 40)
+    assert kcn.kernel_estimator.autocorrelation.window == 40
     for name, value in kernel.kernel_controlnet.kernel_estimator.state_dict().items():
         assert torch.equal(kcn.kernel_estimator.state_dict()[name], value), name
     assert torch.equal(kcn.controlnet.conv_in.weight, base.unet.conv_in.weight)

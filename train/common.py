@@ -295,7 +295,8 @@ def load_pipeline(args, with_kernel_controlnet: bool):
     if with_kernel_controlnet and pipe.kernel_controlnet is None:
         torch.manual_seed(args.seed)
         kcn = build_kernel_controlnet(args.preset or "sd21-base", pipe.unet, getattr(args, "kernel_size", None),
-                                      getattr(args, "autocorrelation_radius", None))
+                                      getattr(args, "autocorrelation_radius", None),
+                                      getattr(args, "autocorrelation_window", None))
         pipe.register_modules(kernel_controlnet=kcn)
     elif not with_kernel_controlnet and pipe.kernel_controlnet is not None:
         pipe.register_modules(kernel_controlnet=None)

@@ -108,6 +108,7 @@ TRAIN_FRAMES = (5, 7, 9, 11, 13, 15)
 # alike (111 at n = 15): M's short estimates of long blurs are not the window's doing.
 KERNEL_SIZE = 19
 AUTOCORRELATION_RADIUS = 14  # the tiny preset's
+AUTOCORRELATION_WINDOW = 16  # the tiny preset's
 DATA_KERNEL_SIZE = DEFAULT_KERNEL_SIZE  # the builder's default m (31): blur paths up to 14 px from the centre
 # The builder's default camera speed (1.0-1.6 px per 240 fps frame). t counts frames, not pixels: a wider speed
 # spread makes n = 7 at full speed as long as n = 13 at low speed, and t unpredictable.
@@ -257,7 +258,8 @@ def stage_plan(args, work: Path) -> list[dict]:
     plan.append(dict(name="kernel", script="train_kernel", needs=("vae",), threads=one,
                      argv=[*common_flags(args, work, "kernel", s["kernel"]), "--init_from", str(vae),
                            "--preset", "tiny", "--kernel_size", str(args.kernel_size), "--autocorrelation_radius",
-                           str(args.autocorrelation_radius), "--resolution", "96",
+                           str(args.autocorrelation_radius), "--autocorrelation_window",
+                           str(args.autocorrelation_window), "--resolution", "96",
                            "--train_batch_size", "4", "--levels_per_group", "3", "--learning_rate", "1e-3",
                            "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--kernel_weight", "1.0",
                            "--kernel_moment_weight", "1.0",
@@ -335,7 +337,8 @@ def merge_for_kcn(work: Path, keep_final=()) -> Path:
     kernel = FideDiffPipeline.from_pretrained(work / "kernel" / "pipeline").kernel_controlnet
     torch.manual_seed(0)
     kcn = build_kernel_controlnet("tiny", base.unet, kernel.config.kernel_size,
-                                  kernel.config.estimator_autocorrelation_radius)
+                                  kernel.config.estimator_autocorrelation_radius,
+                                  kernel.config.get("estimator_autocorrelation_window", 16))
     kcn.kernel_estimator.load_state_dict(kernel.kernel_estimator.state_dict())
     kcn.timestep_regressor.load_state_dict(kernel.timestep_regressor.state_dict())
     base.register_modules(kernel_controlnet=kcn)
@@ -497,6 +500,8 @@ def parse_args(argv=None):
                    help="m of the Kernel ControlNet's kernels (odd; stage 2 creates it)")
     p.add_argument("--autocorrelation_radius", type=int, default=AUTOCORRELATION_RADIUS,
                    help="reach in px of M's gradient-autocorrelation features (stage 2 creates M)")
+    p.add_argument("--autocorrelation_window", type=int, default=AUTOCORRELATION_WINDOW,
+                   help="side in px of the window M's gradient autocorrelations are averaged over (stage 2 creates M)")
     p.add_argument("--kcn_unet_timestep", type=str, default="predicted", choices=["true", "predicted"],
                    help="stage 3 runs the UNet and the ControlNet at T's estimate (as at inference) or at the true t "
                         "(train_kcn.py --unet_timestep)")
@@ -527,9 +532,10 @@ def parse_args(argv=None):
                     f"{len(OPENCV_PHOTOS)} missing, e.g. {missing[0]}): install Debian's opencv-doc "
                     "(apt-get install opencv-doc), or pass --opencv_examples DIR (its examples folder), or "
                     "--no_opencv_photos")
-    if args.kernel_size < 1 or args.kernel_size % 2 == 0 or args.autocorrelation_radius < 0:
-        p.error(f"--kernel_size must be odd and >= 1 and --autocorrelation_radius >= 0; got {args.kernel_size}, "
-                f"{args.autocorrelation_radius}")
+    if (args.kernel_size < 1 or args.kernel_size % 2 == 0 or args.autocorrelation_radius < 0
+            or args.autocorrelation_window < 1):
+        p.error(f"--kernel_size must be odd and >= 1, --autocorrelation_radius >= 0 and --autocorrelation_window >= 1; "
+                f"got {args.kernel_size}, {args.autocorrelation_radius}, {args.autocorrelation_window}")
     if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
         p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
     return args
@@ -573,6 +579,7 @@ def main(argv=None):
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,
                "autocorrelation_radius": args.autocorrelation_radius,
+               "autocorrelation_window": args.autocorrelation_window,
                "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
                "stage_minutes": timings, "wall_minutes_this_invocation": round((time.time() - t0) / 60, 1)}
     from fidediff_pipeline.atomic_io import write_text_atomic

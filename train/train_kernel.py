@@ -36,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--autocorrelation_radius", type=int, default=None,
                         help="of a NEW Kernel ControlNet: M's gradient-autocorrelation features reach this many px "
                              "(0 = off; default: the preset's; not in the paper)")
+    parser.add_argument("--autocorrelation_window", type=int, default=None,
+                        help="of a NEW Kernel ControlNet: the side in px of the window M's gradient autocorrelations "
+                             "are averaged over (default: the preset's, 16)")
     add_reblur_args(parser)
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
@@ -56,6 +59,8 @@ def parse_args(argv=None):
         parser.error(f"--kernel_size must be odd and >= 1; got {args.kernel_size}")
     if args.autocorrelation_radius is not None and args.autocorrelation_radius < 0:
         parser.error(f"--autocorrelation_radius must be >= 0 (0 = off); got {args.autocorrelation_radius}")
+    if args.autocorrelation_window is not None and args.autocorrelation_window < 1:
+        parser.error(f"--autocorrelation_window must be >= 1 (pixels); got {args.autocorrelation_window}")
     return args
 
 

@@ -53,7 +53,8 @@ def _check_positive_int(name: str, value) -> None:
 
 def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
                                    num_train_timesteps, kernel_stride: int = 1,
-                                   estimator_autocorrelation_radius: int = 0) -> None:
+                                   estimator_autocorrelation_radius: int = 0,
+                                   estimator_autocorrelation_window: int = 16) -> None:
     """Refuse a configuration that cannot be built, in one line that names the setting (not deep in GroupNorm).
 
     The kernel estimator normalises each level and each skip join (two neighbouring levels concatenated) with
@@ -85,6 +86,7 @@ def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_ch
     radius = estimator_autocorrelation_radius
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise ValueError(f"estimator_autocorrelation_radius must be 0 (off) or a positive int; got {radius!r}")
+    _check_positive_int("estimator_autocorrelation_window", estimator_autocorrelation_window)
     coarsest = 2 ** (len(channels) - 1)
     if kernel_stride & (kernel_stride - 1) or kernel_stride > coarsest:
         raise ValueError(f"kernel_stride must be a power of 2 up to {coarsest} (the estimator's coarsest level with "
@@ -178,7 +180,7 @@ class KernelEstimator(nn.Module):
     """
 
     def __init__(self, kernel_size: int, block_channels: tuple[int, ...] = (32, 64, 128), in_channels: int = 3,
-                 output_stride: int = 1, autocorrelation_radius: int = 0):
+                 output_stride: int = 1, autocorrelation_radius: int = 0, autocorrelation_window: int = 16):
         super().__init__()
         self.kernel_size = kernel_size
         self.output_stride = output_stride
@@ -198,7 +200,7 @@ class KernelEstimator(nn.Module):
         # Not in the paper (0 = off): gradient autocorrelation features joined at the output level.
         self.autocorrelation = None
         if autocorrelation_radius > 0:
-            self.autocorrelation = GradientAutocorrelation(autocorrelation_radius, output_stride)
+            self.autocorrelation = GradientAutocorrelation(autocorrelation_radius, output_stride, autocorrelation_window)
             channels = block_channels[out_level]
             self.autocorrelation_in = nn.Conv2d(self.autocorrelation.num_features, channels, 1)
             self.autocorrelation_block = _ResBlock(2 * channels, channels)
@@ -332,6 +334,8 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
             ``m*m`` maps were most of a CPU's time).
         estimator_autocorrelation_radius (`int`): 0 (the paper's ``M``, default) or the largest offset in pixels
             of the gradient-autocorrelation features ``M`` also reads (`GradientAutocorrelation`; not in the paper).
+        estimator_autocorrelation_window (`int`): side in pixels of the window those features are averaged over
+            (16 by default; configs saved before it existed used 16).
 
     Example:
         >>> from diffusers import UNet2DConditionModel
@@ -356,17 +360,20 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         kernel_stride: int = 1,
         estimator_autocorrelation_radius: int = 0,
+        estimator_autocorrelation_window: int = 16,
     ):
         super().__init__()
         check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
-                                       num_train_timesteps, kernel_stride, estimator_autocorrelation_radius)
+                                       num_train_timesteps, kernel_stride, estimator_autocorrelation_radius,
+                                       estimator_autocorrelation_window)
         kernel_channels = kernel_size * kernel_size
         self.controlnet = ControlNetModel.from_config(controlnet_config)
         latent_feature_channels = self.controlnet.conv_in.out_channels
         # F replaces ControlNet's usual image-conditioning embedding: its output is added to conv_in(z_t) as is.
         self.controlnet.controlnet_cond_embedding = nn.Identity()
         self.kernel_estimator = KernelEstimator(kernel_size, tuple(estimator_channels), output_stride=kernel_stride,
-                                                autocorrelation_radius=estimator_autocorrelation_radius)
+                                                autocorrelation_radius=estimator_autocorrelation_radius,
+                                                autocorrelation_window=estimator_autocorrelation_window)
         self.timestep_regressor = TimestepRegressor(kernel_channels, regressor_channels, num_train_timesteps)
         self.kernel_filter = KernelFilterModule(kernel_channels, latent_feature_channels, kernel_embedding_channels,
                                                 kernel_stride)
