@@ -155,3 +155,21 @@ def test_compare_pipelines_scores_whole_held_out_photos_and_refuses_the_evaluati
     t_mae = results[DEFAULT_MODEL]["t_mae"]  # t-prediction ran: its error per level is reported too
     assert sorted(t_mae) == [7, 11, 15] and all(0 <= v < 1000 for v in t_mae.values())
     assert "t-MAE" in capsys.readouterr().out
+
+
+def test_the_results_page_measures_kernel_lengths_on_the_evaluation_blurs():
+    """Per level, the true kernels' mean length and the model's: a 9 px horizontal line is ~8.2 px long, and an
+    estimator's kernels (softmax over a 19-tap window here) have a length between 0 and the window's diagonal."""
+    from fidediff_pipeline.kernel_ops import linear_motion_kernel
+    from fidediff_pipeline.presets import build_pipeline
+    from train.evaluate_tiny import LEVELS, trajectory_kernel_lengths
+
+    pipe = build_pipeline("tiny", seed=0)
+    rng = np.random.default_rng(0)
+    pairs = [{"n": n, "blurry": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+              "kernel": linear_motion_kernel(9 if n == LEVELS[0] else 15, 0, size=31)} for n in LEVELS]
+    lengths = trajectory_kernel_lengths(pipe, pairs)
+    assert sorted(lengths) == sorted(LEVELS)
+    assert abs(lengths[LEVELS[0]]["true_length"] - 8.2) < 0.3 and lengths[LEVELS[1]]["true_length"] > 13
+    m = pipe.kernel_controlnet.config.kernel_size
+    assert all(0 < value["estimated_length"] < m * 2 ** 0.5 for value in lengths.values())
