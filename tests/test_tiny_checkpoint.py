@@ -22,11 +22,11 @@ from fidediff_pipeline import DEFAULT_MODEL, FideDiffPipeline  # noqa: E402
 pytestmark = pytest.mark.skipif(not Path(DEFAULT_MODEL, "model_index.json").is_file(),
                                 reason="no bundled checkpoint (run train/make_tiny.py)")
 
-# Regression guards, set below what the bundled checkpoint measures on these crops (mean +1.33 dB; per level
-# +1.58 / +1.51 / +0.89 dB at n = 7 / 11 / 15; t-MAE 45 / 27 / 85) and far above a pass-through (about -0.3 dB):
+# Regression guards, set below what the bundled checkpoint measures on these crops (mean +1.52 dB; per level
+# +1.77 / +1.69 / +1.09 dB at n = 7 / 11 / 15; t-MAE 44 / 26 / 87) and far above a pass-through (about -0.3 dB):
 # they fail if the checkpoint stops deblurring. On the whole held-out images (docs/tiny_results.md) it gains
-# +1.52 dB on average (the floor +1.5 is met there); its t-MAE 12 / 41 / 111 does NOT meet the floor of 40.
-MEAN_GAIN_FLOOR = 1.0
+# +1.63 dB on average (the floor +1.5 is met there); its t-MAE 12 / 43 / 113 does NOT meet the floor of 40.
+MEAN_GAIN_FLOOR = 1.2
 LEVEL_GAIN_FLOOR = 0.6
 T_MAE_LIMIT = 100
 
@@ -109,7 +109,7 @@ def test_estimated_kernels_follow_the_direction_of_straight_blurs(kernel_rows):
 
 
 @pytest.mark.xfail(reason="NOT met by this checkpoint (docs/tiny_results.md: on the whole held-out photos the "
-                          "21 px blurs read 27-43% short, the floor is 35%; a 23 px window did not help)", strict=False)
+                          "21 px blurs read 28-43% short, the floor is 35%; neither a 23 px window nor wider autocorrelation windows helped)", strict=False)
 def test_estimated_kernels_follow_the_length_of_straight_blurs(kernel_rows):
     for row in kernel_rows:
         assert row["length_error"] <= 0.35, row

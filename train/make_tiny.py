@@ -19,10 +19,14 @@
     # (train/compare_pipelines.py on 36 whole held-out images: the best of the 18 validation crops was luck)
     python train/make_tiny.py --work_dir runs/make_tiny6 --init_base_from runs/make_tiny5/base/best_pipeline \
         --base_seed 2 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
-    # round 4 (this checkpoint): stage 1 continued from round 3's final stage-1 pipeline with a fourth seed; stage 2
-    # is round 2's; stage 3 at T's predicted t (now the default)
+    # round 4 (commit dd5f870's checkpoint): stage 1 continued from round 3's final stage-1 pipeline with a fourth
+    # seed; stage 2 is round 2's; stage 3 at T's predicted t (now the default)
     python train/make_tiny.py --work_dir runs/make_tiny7 --init_base_from runs/make_tiny6/base/pipeline \
         --base_seed 3 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
+    # round 5 (this checkpoint): stage 1 continued from round 4's final stage-1 pipeline with a fifth seed; stage 2
+    # is round 2's; stage 3 as round 4's
+    python train/make_tiny.py --work_dir runs/make_tiny8 --init_base_from runs/make_tiny7/base/pipeline \
+        --base_seed 4 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
@@ -119,7 +123,7 @@ UPSCALE = 1
 
 # Steps per stage at --steps_scale 1 (about 2 hours on this 2-core machine, of which stage 3 is ~40 min; see
 # docs/tiny_results.md).
-STEPS = {"vae": 2500, "base": 2100, "kernel": 2500, "kcn": 1600, "time": 1500, "base_noct": 800}
+STEPS = {"vae": 2500, "base": 2100, "kernel": 2500, "kcn": 1600, "time": 1500, "refit": 300, "base_noct": 800}
 
 
 def photo_label(source_name) -> str:
@@ -286,6 +290,19 @@ def stage_plan(args, work: Path) -> list[dict]:
                            "--reblur_weight", "1.0", "--latent_weight", "1.0", "--time_weight", "10",
                            "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0",
                            "--unet_timestep", args.kcn_unet_timestep]))
+    if args.refit_estimator:
+        # Not in the paper: after stage 3, M and T again together (as in stage 2: kernel supervision, T on M's
+        # detached kernels) on 192 px crops, everything else frozen. How long a blur is shows far more clearly in
+        # a large crop than in stage 2's 96 px or stage 3's 64 px (train/probe_kernel_cue.py --length: held-out
+        # MAE of a regressor on the crop's autocorrelations 2.96 px at 96 px, 2.21 at 192; 3.58 for always the
+        # mean length), and M and T trained on small crops read long blurs short. Measured on round 5 (300 steps,
+        # 36 whole held-out images of train/compare_pipelines.py, t-prediction): t-MAE 20 / 39 / 110 -> 41 / 27 / 62
+        # at n = 7 / 11 / 15, PSNR gain +1.47 -> +1.53 dB (+1.77 / +1.80 / +0.83 -> +1.55 / +1.74 / +1.30).
+        plan.append(dict(name="refit", script="train_kernel", needs=("kcn",), threads=both,
+                         argv=[*common_flags(args, work, "refit", s["refit"]), "--init_from", str(work / "kcn_result"),
+                               "--resolution", "192", "--train_batch_size", "4", "--levels_per_group", "3",
+                               "--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
+                               "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0", "--time_weight", "10"]))
     if not args.refit_t:
         return plan
     # Not in the paper, off by default: stage 3 also changes M (its restoration, reblur and time losses reach M), so
@@ -302,7 +319,8 @@ def stage_plan(args, work: Path) -> list[dict]:
 
 
 def copy_kcn_result(work: Path, keep_final=()) -> Path:
-    """The time stage's starting point: stage 3's result (its best validated pipeline), copied when stage 3 is done."""
+    """The time or refit stage's starting point: stage 3's result (its best validated pipeline unless kept final),
+    copied when stage 3 is done."""
     from fidediff_pipeline.atomic_io import atomic_folder
 
     target = work / "kcn_result"
@@ -406,7 +424,7 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
             if all(stage_done(work, need) for need in job["needs"]):
                 if job["name"] == "kcn":
                     merge_for_kcn(work, args.keep_final)
-                if job["name"] == "time":
+                if job["name"] in ("time", "refit"):
                     copy_kcn_result(work, args.keep_final)
                 if job["name"] in ("base", "base_noct") and args.init_base_from:
                     warm_start_base(work, Path(args.init_base_from))
@@ -508,6 +526,9 @@ def parse_args(argv=None):
     p.add_argument("--refit_t", action="store_true",
                    help="after stage 3, refit the t-regressor alone to the final kernel estimator ('time' stage; "
                         "export its result). Off by default: it lowered t-MAE but also the PSNR gain")
+    p.add_argument("--refit_estimator", action="store_true",
+                   help="after stage 3, train M and T again on 192 px crops ('refit' stage; export its result), where "
+                        "a blur's length shows far better than in stage 2's and 3's small crops")
     p.add_argument("--opencv_examples", type=str, default=str(OPENCV_EXAMPLES),
                    help="Debian opencv-doc's examples folder: OPENCV_PHOTOS are trained on from there")
     p.add_argument("--no_opencv_photos", dest="opencv_photos", action="store_false",
@@ -523,6 +544,10 @@ def parse_args(argv=None):
         p.error(f"--init_base_from takes a saved pipeline folder (with model_index.json); got {args.init_base_from!r}")
     if args.only and "time" in args.only and not args.refit_t:
         p.error("--only time needs --refit_t")
+    if args.only and "refit" in args.only and not args.refit_estimator:
+        p.error("--only refit needs --refit_estimator")
+    if args.refit_t and args.refit_estimator:
+        p.error("--refit_t and --refit_estimator are two ways to end the recipe: choose one")
     if set(args.steps) - set(STEPS):
         p.error(f"--steps: unknown stage(s) {sorted(set(args.steps) - set(STEPS))}; stages: {sorted(STEPS)}")
     if args.opencv_photos:
@@ -561,7 +586,8 @@ def main(argv=None):
     if args.only:
         logger.info("stages %s done (--only: no export)", args.only)
         return {"stage_minutes": timings}
-    export_checkpoint(stage_result(work, "time" if args.refit_t else "kcn", args.keep_final), Path(args.export_dir))
+    final_stage = "refit" if args.refit_estimator else "time" if args.refit_t else "kcn"
+    export_checkpoint(stage_result(work, final_stage, args.keep_final), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # Minutes per stage: each stage's own training time (train_summary.json), so stages that finished in an
@@ -577,6 +603,7 @@ def main(argv=None):
                # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
                "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
+               "refit_estimator": args.refit_estimator,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,
                "autocorrelation_radius": args.autocorrelation_radius,
                "autocorrelation_window": args.autocorrelation_window,
