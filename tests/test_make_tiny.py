@@ -173,3 +173,21 @@ def test_the_results_page_measures_kernel_lengths_on_the_evaluation_blurs():
     assert abs(lengths[LEVELS[0]]["true_length"] - 8.2) < 0.3 and lengths[LEVELS[1]]["true_length"] > 13
     m = pipe.kernel_controlnet.config.kernel_size
     assert all(0 < value["estimated_length"] < m * 2 ** 0.5 for value in lengths.values())
+
+
+def test_the_refit_stage_trains_m_and_t_on_large_crops_after_stage_3(tmp_path):
+    def jobs(*extra):
+        args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])
+        return {job["name"]: job for job in make_tiny.stage_plan(args, tmp_path)}
+
+    assert "refit" not in jobs()
+    refit = jobs("--refit_estimator")["refit"]
+    argv = refit["argv"]
+    assert refit["script"] == "train_kernel" and refit["needs"] == ("kcn",)
+    assert argv[argv.index("--init_from") + 1] == str(tmp_path / "kcn_result")
+    assert argv[argv.index("--resolution") + 1] == "192" and "--time_only" not in argv
+    assert argv[argv.index("--max_train_steps") + 1] == str(make_tiny.STEPS["refit"])
+    assert float(argv[argv.index("--kernel_weight") + 1]) > 0 and float(argv[argv.index("--time_weight") + 1]) > 0
+    for bad in (["--refit_estimator", "--refit_t"], ["--only", "refit"]):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])

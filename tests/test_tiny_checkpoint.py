@@ -109,7 +109,8 @@ def test_estimated_kernels_follow_the_direction_of_straight_blurs(kernel_rows):
 
 
 @pytest.mark.xfail(reason="NOT met by this checkpoint (docs/tiny_results.md: on the whole held-out photos the "
-                          "21 px blurs read 28-43% short, the floor is 35%; neither a 23 px window nor wider autocorrelation windows helped)", strict=False)
+                          "21 px blurs read 28-43% short, the floor is 35%; neither a 23 px window nor wider "
+                          "autocorrelation windows helped)", strict=False)
 def test_estimated_kernels_follow_the_length_of_straight_blurs(kernel_rows):
     for row in kernel_rows:
         assert row["length_error"] <= 0.35, row
