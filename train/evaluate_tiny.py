@@ -220,7 +220,7 @@ def trajectory_kernel_lengths(pipe, pairs) -> dict:
 def learning_curves(work_dir: Path) -> dict:
     """``{stage: [{"step", "minutes", gains...}]}`` from each stage's validation history (if the run is here)."""
     curves = {}
-    for stage in ("base", "base_noct", "kernel", "kcn"):
+    for stage in ("base", "base_noct", "kernel", "kcn", "time", "refit"):
         path = work_dir / stage / "validation_history.json"
         if path.is_file():
             curves[stage] = [{"step": h["step"], "minutes": round(h["seconds"] / 60, 1), **h["val"]}
@@ -433,8 +433,8 @@ def main(argv=None):
         "",
         f"VAE ceiling (encode-decode of the sharp photos): {ceiling:.2f} dB PSNR.",
         "",
-        f"Time for one 256 x 256 image (`timestep='auto'`, KCN on, fp32, {args.threads} torch thread, machine shared "
-        f"with other jobs): median {timing['median_s']:.2f} s, best {timing['min_s']:.2f} s of {timing['repeats']}.",
+        f"Time for one 256 x 256 image (`timestep='auto'`, KCN on, fp32, {args.threads} torch "
+        f"thread{'s' if args.threads != 1 else ''}, machine shared with other jobs): median {timing['median_s']:.2f} s, best {timing['min_s']:.2f} s of {timing['repeats']}.",
         f"Checkpoint size: {size_mb:.1f} MB.",
         "",
         "## Floors",

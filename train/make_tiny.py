@@ -24,9 +24,10 @@
     python train/make_tiny.py --work_dir runs/make_tiny7 --init_base_from runs/make_tiny6/base/pipeline \
         --base_seed 3 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
     # round 5 (this checkpoint): stage 1 continued from round 4's final stage-1 pipeline with a fifth seed; stage 2
-    # is round 2's; stage 3 as round 4's
+    # is round 2's; stage 3 as round 4's; then M and T refitted on 192 px crops (commit 4a139b8's checkpoint is the
+    # same run without the refit)
     python train/make_tiny.py --work_dir runs/make_tiny8 --init_base_from runs/make_tiny7/base/pipeline \
-        --base_seed 4 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
+        --base_seed 4 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation --refit_estimator
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
@@ -52,8 +53,12 @@ Steps (all deterministic given ``--seed`` and the device):
    from stage 2. Each stage is its own ``python train/<script>.py`` process (the same flags work with
    ``accelerate launch``), logged to ``<work_dir>/<stage>/stage.log``; a finished stage is skipped on a rerun and
    an interrupted one resumes from its latest checkpoint.
-4. every stage validates on the held-out set and keeps its best pipeline (``best_pipeline``); the best stage-3
-   pipeline is copied to ``--export_dir``; the learning curves are in ``<stage>/validation_history.json``.
+4. with ``--refit_estimator`` (not in the paper; the bundled checkpoint's recipe): M and T trained again, alone,
+   on 192 px crops after stage 3 (the ``refit`` stage), where a blur's length shows far better than in stage 2's
+   96 px and stage 3's 64 px crops.
+5. every stage validates on the held-out set and keeps its best pipeline (``best_pipeline``); the last stage's
+   pipeline (best, or final with ``--keep_final``) is copied to ``--export_dir``; the learning curves are in
+   ``<stage>/validation_history.json``.
 
 The tiny model uses ``upscale_factor=1``: its VAE has factor 2, so its latents are at d = 2 (the paper's d = 4 is
 SD's factor-8 VAE after a 2x upsampling); the exported model_index.json records it as ``default_upscale_factor``. It is
@@ -296,8 +301,9 @@ def stage_plan(args, work: Path) -> list[dict]:
         # a large crop than in stage 2's 96 px or stage 3's 64 px (train/probe_kernel_cue.py --length: held-out
         # MAE of a regressor on the crop's autocorrelations 2.96 px at 96 px, 2.21 at 192; 3.58 for always the
         # mean length), and M and T trained on small crops read long blurs short. Measured on round 5 (300 steps,
-        # 36 whole held-out images of train/compare_pipelines.py, t-prediction): t-MAE 20 / 39 / 110 -> 41 / 27 / 62
-        # at n = 7 / 11 / 15, PSNR gain +1.47 -> +1.53 dB (+1.77 / +1.80 / +0.83 -> +1.55 / +1.74 / +1.30).
+        # 12 min; 36 whole held-out images of train/compare_pipelines.py, t-prediction): t-MAE 20 / 39 / 110 ->
+        # 35 / 22 / 70 at n = 7 / 11 / 15, PSNR gain +1.47 -> +1.55 dB (+1.77 / +1.80 / +0.83 -> +1.60 / +1.79 /
+        # +1.25: light blurs now read a little long, long ones much less short).
         plan.append(dict(name="refit", script="train_kernel", needs=("kcn",), threads=both,
                          argv=[*common_flags(args, work, "refit", s["refit"]), "--init_from", str(work / "kcn_result"),
                                "--resolution", "192", "--train_batch_size", "4", "--levels_per_group", "3",
