@@ -180,14 +180,15 @@ def test_the_refit_stage_trains_m_and_t_on_large_crops_after_stage_3(tmp_path):
         args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])
         return {job["name"]: job for job in make_tiny.stage_plan(args, tmp_path)}
 
-    assert "refit" not in jobs()
-    refit = jobs("--refit_estimator")["refit"]
+    assert "refit" not in jobs("--no_refit_estimator") and "refit" not in jobs("--refit_t")
+    assert "time" in jobs("--refit_t")
+    refit = jobs()["refit"]  # the default recipe ends with it
     argv = refit["argv"]
     assert refit["script"] == "train_kernel" and refit["needs"] == ("kcn",)
     assert argv[argv.index("--init_from") + 1] == str(tmp_path / "kcn_result")
     assert argv[argv.index("--resolution") + 1] == "192" and "--time_only" not in argv
     assert argv[argv.index("--max_train_steps") + 1] == str(make_tiny.STEPS["refit"])
     assert float(argv[argv.index("--kernel_weight") + 1]) > 0 and float(argv[argv.index("--time_weight") + 1]) > 0
-    for bad in (["--refit_estimator", "--refit_t"], ["--only", "refit"]):
+    for bad in (["--refit_estimator", "--refit_t"], ["--no_refit_estimator", "--only", "refit"]):
         with pytest.raises(SystemExit):
             make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])

@@ -27,7 +27,8 @@
     # is round 2's; stage 3 as round 4's; then M and T refitted on 192 px crops (commit 4a139b8's checkpoint is the
     # same run without the refit)
     python train/make_tiny.py --work_dir runs/make_tiny8 --init_base_from runs/make_tiny7/base/pipeline \
-        --base_seed 4 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation --refit_estimator
+        --base_seed 4 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
+    # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them)
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
@@ -53,7 +54,7 @@ Steps (all deterministic given ``--seed`` and the device):
    from stage 2. Each stage is its own ``python train/<script>.py`` process (the same flags work with
    ``accelerate launch``), logged to ``<work_dir>/<stage>/stage.log``; a finished stage is skipped on a rerun and
    an interrupted one resumes from its latest checkpoint.
-4. with ``--refit_estimator`` (not in the paper; the bundled checkpoint's recipe): M and T trained again, alone,
+4. unless ``--no_refit_estimator`` (not in the paper; the bundled checkpoint's recipe): M and T trained again, alone,
    on 192 px crops after stage 3 (the ``refit`` stage), where a blur's length shows far better than in stage 2's
    96 px and stage 3's 64 px crops.
 5. every stage validates on the held-out set and keeps its best pipeline (``best_pipeline``); the last stage's
@@ -532,9 +533,12 @@ def parse_args(argv=None):
     p.add_argument("--refit_t", action="store_true",
                    help="after stage 3, refit the t-regressor alone to the final kernel estimator ('time' stage; "
                         "export its result). Off by default: it lowered t-MAE but also the PSNR gain")
-    p.add_argument("--refit_estimator", action="store_true",
+    p.add_argument("--refit_estimator", dest="refit_estimator", action="store_true", default=None,
                    help="after stage 3, train M and T again on 192 px crops ('refit' stage; export its result), where "
-                        "a blur's length shows far better than in stage 2's and 3's small crops")
+                        "a blur's length shows far better than in stage 2's and 3's small crops (default: on, "
+                        "unless --refit_t)")
+    p.add_argument("--no_refit_estimator", dest="refit_estimator", action="store_false",
+                   help="end the recipe with stage 3 (or --refit_t's time stage), as rounds 1-4 did")
     p.add_argument("--opencv_examples", type=str, default=str(OPENCV_EXAMPLES),
                    help="Debian opencv-doc's examples folder: OPENCV_PHOTOS are trained on from there")
     p.add_argument("--no_opencv_photos", dest="opencv_photos", action="store_false",
@@ -550,10 +554,12 @@ def parse_args(argv=None):
         p.error(f"--init_base_from takes a saved pipeline folder (with model_index.json); got {args.init_base_from!r}")
     if args.only and "time" in args.only and not args.refit_t:
         p.error("--only time needs --refit_t")
-    if args.only and "refit" in args.only and not args.refit_estimator:
-        p.error("--only refit needs --refit_estimator")
     if args.refit_t and args.refit_estimator:
         p.error("--refit_t and --refit_estimator are two ways to end the recipe: choose one")
+    if args.refit_estimator is None:
+        args.refit_estimator = not args.refit_t
+    if args.only and "refit" in args.only and not args.refit_estimator:
+        p.error("--only refit needs the refit stage (drop --no_refit_estimator)")
     if set(args.steps) - set(STEPS):
         p.error(f"--steps: unknown stage(s) {sorted(set(args.steps) - set(STEPS))}; stages: {sorted(STEPS)}")
     if args.opencv_photos:
