@@ -434,7 +434,8 @@ def main(argv=None):
         f"VAE ceiling (encode-decode of the sharp photos): {ceiling:.2f} dB PSNR.",
         "",
         f"Time for one 256 x 256 image (`timestep='auto'`, KCN on, fp32, {args.threads} torch "
-        f"thread{'s' if args.threads != 1 else ''}, machine shared with other jobs): median {timing['median_s']:.2f} s, best {timing['min_s']:.2f} s of {timing['repeats']}.",
+        f"thread{'s' if args.threads != 1 else ''}, machine shared with other jobs): median {timing['median_s']:.2f} s, "
+        f"best {timing['min_s']:.2f} s of {timing['repeats']}.",
         f"Checkpoint size: {size_mb:.1f} MB.",
         "",
         "## Floors",

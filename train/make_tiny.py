@@ -363,7 +363,7 @@ def merge_for_kcn(work: Path, keep_final=()) -> Path:
     torch.manual_seed(0)
     kcn = build_kernel_controlnet("tiny", base.unet, kernel.config.kernel_size,
                                   kernel.config.estimator_autocorrelation_radius,
-                                  kernel.config.get("estimator_autocorrelation_window", 16))
+                                  kernel.config.estimator_autocorrelation_window)
     kcn.kernel_estimator.load_state_dict(kernel.kernel_estimator.state_dict())
     kcn.timestep_regressor.load_state_dict(kernel.timestep_regressor.state_dict())
     base.register_modules(kernel_controlnet=kcn)
