@@ -192,3 +192,12 @@ def test_the_refit_stage_trains_m_and_t_on_large_crops_after_stage_3(tmp_path):
     for bad in (["--refit_estimator", "--refit_t"], ["--no_refit_estimator", "--only", "refit"]):
         with pytest.raises(SystemExit):
             make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
+
+
+def test_the_length_probe_refuses_crops_the_photos_cannot_give(capsys):
+    from train import probe_kernel_cue
+
+    for bad in (["--length_crops", "0"], ["--length_crops", "96", "300"]):
+        with pytest.raises(SystemExit):
+            probe_kernel_cue.main(["--length", *bad])
+        assert "--length_crops must be between 16 and 256 px" in capsys.readouterr().err

@@ -139,6 +139,13 @@ def main(argv=None):
     parser.add_argument("--opencv_examples", type=str, default=None,
                         help="with --length: OpenCV's examples folder (default: make_tiny's); skipped if absent")
     args = parser.parse_args(argv)
+    from train.make_tiny import SHORT_SIDE
+
+    if any(not 16 <= crop <= SHORT_SIDE for crop in args.length_crops):
+        parser.error(f"--length_crops must be between 16 and {SHORT_SIDE} px (the photos' short side); "
+                     f"got {args.length_crops}")
+    if args.crops < 1 or args.train_crops < 1:
+        parser.error(f"--crops and --train_crops must be >= 1; got {args.crops}, {args.train_crops}")
     torch.set_num_threads(1)
     from fidediff_pipeline.atomic_io import write_text_atomic
 
