@@ -1,5 +1,6 @@
 """train/make_tiny.py's training content and its checks (the training itself is tested in test_training.py)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -201,3 +202,24 @@ def test_the_length_probe_refuses_crops_the_photos_cannot_give(capsys):
         with pytest.raises(SystemExit):
             probe_kernel_cue.main(["--length", *bad])
         assert "--length_crops must be between 16 and 256 px" in capsys.readouterr().err
+
+
+def test_the_time_oracle_reads_t_from_true_kernel_lengths_better_than_the_mean(tmp_path):
+    from train import probe_kernel_cue
+
+    results = probe_kernel_cue.main(["--time_oracle", "--paths", "300", "--out", str(tmp_path / "oracle.json")])
+    exact, mean = results["noise 0.0 px"], results["always the mean t"]
+    assert set(exact) == {"n=7", "n=11", "n=15"}
+    # Always answering the mean t (180 over n = 5 ... 15) is 100 off at n = 15; the true length reads far closer,
+    # but not exactly: the path's speed is random, so a length does not fix n.
+    assert mean["n=15"] == pytest.approx(100.0)
+    assert 5 < exact["n=15"] < 60 and exact["n=7"] < mean["n=7"]
+    assert json.loads((tmp_path / "oracle.json").read_text())["results"] == results
+
+
+def test_the_probe_refuses_two_questions_at_once(capsys):
+    from train import probe_kernel_cue
+
+    with pytest.raises(SystemExit):
+        probe_kernel_cue.main(["--length", "--time_oracle"])
+    assert "choose one" in capsys.readouterr().err
