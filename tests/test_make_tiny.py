@@ -223,3 +223,31 @@ def test_the_probe_refuses_two_questions_at_once(capsys):
     with pytest.raises(SystemExit):
         probe_kernel_cue.main(["--length", "--time_oracle"])
     assert "choose one" in capsys.readouterr().err
+
+
+def test_the_results_page_can_feed_the_controlnet_other_kernels_and_puts_m_back():
+    """The kernel-use rows of evaluate_tiny: inside the block M answers the given kernels (the true one, cropped to
+    the model's window, or a point), afterwards its own again; the scores come per level."""
+    from fidediff_pipeline.kernel_ops import linear_motion_kernel
+    from fidediff_pipeline.presets import build_pipeline
+    from train.evaluate_tiny import LEVELS, kernel_estimator_replaced, run_with_given_kernels
+
+    pipe = build_pipeline("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    kcn, m = pipe.kernel_controlnet, pipe.kernel_controlnet.config.kernel_size
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    own = kcn(image=image).kernels
+    point = torch.zeros(1, m * m, 1, 1)
+    point[0, (m * m) // 2] = 1
+    with kernel_estimator_replaced(pipe, lambda k: point.expand_as(k)):
+        inside = kcn(image=image).kernels
+    assert inside.shape == own.shape and torch.equal(inside[0, :, 0, 0], point[0, :, 0, 0])
+    assert torch.equal(kcn(image=image).kernels, own)
+    rng = np.random.default_rng(0)
+    pairs = [{"n": n, "t": (n - 1) * 20, "blurry": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+              "sharp": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "kernel": linear_motion_kernel(9, 0, size=31)}
+             for n in LEVELS]
+    for source in ("true", "point"):
+        scores = run_with_given_kernels(pipe, pairs, source)
+        assert sorted(scores) == sorted(LEVELS) and all(0 < s["psnr"] < 60 for s in scores.values())
+    assert torch.equal(kcn(image=image).kernels, own)

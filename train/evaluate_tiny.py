@@ -22,6 +22,7 @@ validation_history.json``); and a before/after picture of the three held-out pho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -79,7 +80,7 @@ def psnr_ssim(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 def run_variant(pipe, pairs, timestep) -> dict:
     """Per level: mean PSNR/SSIM of the outputs; and the timesteps used."""
-    per_level: dict[int, list] = {n: [] for n in LEVELS}
+    per_level: dict[int, list] = {n: [] for n in LEVELS if any(item["n"] == n for item in pairs)}
     predicted: dict[int, list] = {n: [] for n in LEVELS}
     for item in pairs:
         t = item["t"] if timestep == "true" else timestep
@@ -89,7 +90,7 @@ def run_variant(pipe, pairs, timestep) -> dict:
         if out.predicted_timesteps:
             predicted[item["n"]].append(out.predicted_timesteps[0])
     result = {}
-    for n in LEVELS:
+    for n in per_level:
         scores = np.array(per_level[n])
         result[n] = {"psnr": float(scores[:, 0].mean()), "ssim": float(scores[:, 1].mean())}
         if predicted[n]:
@@ -97,6 +98,37 @@ def run_variant(pipe, pairs, timestep) -> dict:
             result[n]["t_mae"] = float(np.mean([abs(p - t_true) for p in predicted[n]]))
             result[n]["t_mean_predicted"] = float(np.mean(predicted[n]))
     return result
+
+
+@contextlib.contextmanager
+def kernel_estimator_replaced(pipe, kernels_for):
+    """Within the block, the Kernel ControlNet's M answers ``kernels_for(its own output)`` instead (same shape):
+    how much does the ControlNet use what M tells it?"""
+    estimator = pipe.kernel_controlnet.kernel_estimator
+    own = estimator.forward
+    estimator.forward = lambda image: kernels_for(own(image))
+    try:
+        yield
+    finally:
+        del estimator.forward  # back to the class's method
+
+
+def run_with_given_kernels(pipe, pairs, source: str) -> dict:
+    """`run_variant` at the true t with M's kernels replaced, everywhere in the image, by each image's TRUE kernel
+    (``source="true"``, cropped to the model's window as in training) or by a point (``"point"``: no blur at all)."""
+    from fidediff_pipeline.losses import _true_kernel_taps
+
+    m = pipe.kernel_controlnet.config.kernel_size
+    per_level = {n: [] for n in LEVELS}
+    for item in pairs:
+        if source == "true":
+            taps = _true_kernel_taps(torch.from_numpy(np.asarray(item["kernel"], dtype=np.float32))[None], m)
+        else:
+            taps = torch.zeros(1, m * m, 1, 1)
+            taps[0, (m * m) // 2] = 1.0
+        with kernel_estimator_replaced(pipe, lambda own: taps.to(own.dtype).expand_as(own).contiguous()):
+            per_level[item["n"]].append(run_variant(pipe, [item], "true")[item["n"]])
+    return {n: {key: float(np.mean([r[key] for r in per_level[n]])) for key in ("psnr", "ssim")} for n in LEVELS}
 
 
 def input_scores(pairs) -> dict:
@@ -333,6 +365,9 @@ def main(argv=None):
         ("FideDiff-tiny, KCN, true t (oracle)", run_variant(full, pairs, "true")),
         ("base only (no KCN), t = 200", run_variant(base, pairs, 200)),
         ("base only (no KCN), true t (oracle)", run_variant(base, pairs, "true")),
+        # Does the ControlNet use its kernels? The same model fed each image's true kernel, or a point (no blur).
+        ("FideDiff-tiny, KCN fed the TRUE kernel (oracle), true t", run_with_given_kernels(full, pairs, "true")),
+        ("FideDiff-tiny, KCN fed a point kernel (no blur), true t", run_with_given_kernels(full, pairs, "point")),
     ]
     noct_path = stage_result(work, "base_noct")
     if (noct_path / "model_index.json").is_file():
@@ -353,6 +388,9 @@ def main(argv=None):
     auto = rows[0][1]
     gains = {n: auto[n]["psnr"] - inputs[n]["psnr"] for n in LEVELS}
     kcn_vs_base = float(np.mean([rows[1][1][n]["psnr"] - rows[3][1][n]["psnr"] for n in LEVELS]))
+    # Mean PSNR at the true t with M's kernels, the true kernels and a point kernel (rows 2, 5 and 6).
+    kernel_use = {name: float(np.mean([rows[i][1][n]["psnr"] for n in LEVELS]))
+                  for name, i in (("estimated", 2), ("true", 5), ("point", 6))}
     size_mb = sum(f.stat().st_size for f in Path(args.model).rglob("*") if f.is_file()) / 1e6
     floors = {
         "mean PSNR gain >= +1.5 dB": float(np.mean(list(gains.values()))) >= 1.5,
@@ -366,7 +404,7 @@ def main(argv=None):
     }
     results = {"levels": list(LEVELS), "input": inputs, "rows": {name: res for name, res in rows}, "t_mae": t_mae,
                "gains": gains, "kcn_minus_base_db": kcn_vs_base, "kernel_directions": kernels,
-               "trajectory_kernel_lengths": lengths,
+               "trajectory_kernel_lengths": lengths, "kernel_use_mean_psnr_true_t": kernel_use,
                "timing_256": timing, "vae_ceiling_psnr": ceiling, "checkpoint_mb": size_mb, "floors": floors,
                "learning_curves": curves, "num_images_per_level": len(pairs) // len(LEVELS), "seed": args.seed,
                "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), shared 2-core CPU"}
@@ -407,6 +445,13 @@ def main(argv=None):
         f"Gain of the full model (t-prediction) over its input: "
         + ", ".join(f"n={n}: {gains[n]:+.2f} dB" for n in LEVELS)
         + f"; mean {float(np.mean(list(gains.values()))):+.2f} dB. KCN minus base-only at t = 200: {kcn_vs_base:+.2f} dB.",
+        "",
+        "Does the ControlNet use its kernels? At the true t, mean PSNR with M's kernels "
+        f"{kernel_use['estimated']:.2f} dB, with each image's true kernel {kernel_use['true']:.2f} dB, with a point "
+        f"kernel (no blur) {kernel_use['point']:.2f} dB: "
+        + ("the ControlNet barely reads its kernels." if abs(kernel_use["true"] - kernel_use["point"]) < 0.05 else
+           f"the true kernel is worth {kernel_use['true'] - kernel_use['point']:+.2f} dB over a point, M's "
+           f"{kernel_use['estimated'] - kernel_use['point']:+.2f} dB."),
         "",
         (noct_text(work, warm_start) if has_noct else
          "No \"w/o CT\" ablation for this checkpoint (the `base_noct` stage was not run with the current "
