@@ -1,6 +1,5 @@
 """train/make_tiny.py's training content and its checks (the training itself is tested in test_training.py)."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -204,27 +203,6 @@ def test_the_length_probe_refuses_crops_the_photos_cannot_give(capsys):
         assert "--length_crops must be between 16 and 256 px" in capsys.readouterr().err
 
 
-def test_the_time_oracle_reads_t_from_true_kernel_lengths_better_than_the_mean(tmp_path):
-    from train import probe_kernel_cue
-
-    results = probe_kernel_cue.main(["--time_oracle", "--paths", "300", "--out", str(tmp_path / "oracle.json")])
-    exact, mean = results["noise 0.0 px"], results["always the mean t"]
-    assert set(exact) == {"n=7", "n=11", "n=15"}
-    # Always answering the mean t (180 over n = 5 ... 15) is 100 off at n = 15; the true length reads far closer,
-    # but not exactly: the path's speed is random, so a length does not fix n.
-    assert mean["n=15"] == pytest.approx(100.0)
-    assert 5 < exact["n=15"] < 60 and exact["n=7"] < mean["n=7"]
-    assert json.loads((tmp_path / "oracle.json").read_text())["results"] == results
-
-
-def test_the_probe_refuses_two_questions_at_once(capsys):
-    from train import probe_kernel_cue
-
-    with pytest.raises(SystemExit):
-        probe_kernel_cue.main(["--length", "--time_oracle"])
-    assert "choose one" in capsys.readouterr().err
-
-
 def test_the_results_page_can_feed_the_controlnet_other_kernels_and_puts_m_back():
     """The kernel-use rows of evaluate_tiny: inside the block M answers the given kernels (the true one, cropped to
     the model's window, or a point), afterwards its own again; the scores come per level."""
@@ -251,3 +229,16 @@ def test_the_results_page_can_feed_the_controlnet_other_kernels_and_puts_m_back(
         scores = run_with_given_kernels(pipe, pairs, source)
         assert sorted(scores) == sorted(LEVELS) and all(0 < s["psnr"] < 60 for s in scores.values())
     assert torch.equal(kcn(image=image).kernels, own)
+
+
+def test_t_read_from_a_noisy_blur_length_errs_more_than_from_the_exact_one():
+    """probe_data's t-from-length ceiling: the builder's random speed leaves an error even with exact lengths, well
+    under always answering the mean t (100 off at n = 15), and a reader that sees lengths with 3 px of noise errs
+    more at the longest level."""
+    from train.probe_data import t_from_length_ceiling
+
+    exact = t_from_length_ceiling(400, seed=0)
+    noisy = t_from_length_ceiling(400, seed=0, noise_px=3.0)
+    assert sorted(exact) == [7, 11, 15] and sorted(noisy) == [7, 11, 15]
+    assert 5 < exact[15]["t_mae"] < 60 and noisy[15]["t_mae"] > exact[15]["t_mae"] + 5
+    assert exact[7]["length_px_5_95"][1] < exact[15]["length_px_5_95"][1]

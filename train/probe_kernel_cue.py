@@ -3,7 +3,6 @@
 
     python train/probe_kernel_cue.py          # prints a table and writes docs/kernel_cue.json, ~1 min
     python train/probe_kernel_cue.py --length # how long? the length cue against crop size, ~5 min
-    python train/probe_kernel_cue.py --time_oracle  # how well could T read t from the kernels? ~1 min
 
 A blurry image's gradients are the sharp image's gradients (close to white noise for natural photos) convolved
 with the kernel, so their autocorrelation is close to the kernel's own: a ridge along the blur. For crops of the
@@ -21,14 +20,6 @@ of crops of the TRAINING photos of ``train/make_tiny.py`` (with OpenCV's where i
 n = 5 ... 15 as in training, to the true kernel's length, and tested on crops of the held-out photos, for several
 crop sizes. If the length cue in a crop is weak, the kernel estimator cannot read lengths from such crops either,
 whatever its training: its predictions fall back towards the mean length.
-
-``--time_oracle`` asks how well ANY t-regressor could do if the kernel estimator were perfect. The builder draws a
-path's speed at random (``TrajectoryConfig.speed_range``, 1.0-1.6 px per sub-frame), so a blur's length does not
-fix its level n: an n = 11 path at 1.5 px per sub-frame is as long as an n = 15 one at 1.1. A regressor is fitted
-on the TRUE kernels' lengths (``kernel_ops.kernel_principal_axis``) of paths at the training levels
-n = 5 ... 15, with Gaussian noise of a few pixels added to the length (an estimator reads lengths that well at
-best: ``--length``), and its t-MAE is reported per evaluation level. It bounds what T, which reads only M's
-kernels, can reach on this data.
 """
 
 from __future__ import annotations
@@ -136,41 +127,6 @@ def measure_length(crops: tuple[int, ...], train_count: int, test_count: int, se
     return results
 
 
-def measure_time_oracle(paths: int, seed: int, length_noise_px=(0.0, 1.0, 2.0, 3.0)) -> dict:
-    """Per-level t-MAE of a regressor from the true kernel's length (plus noise) to t, fitted on ``paths`` paths and
-    tested on as many again: ``{"noise 1.0 px": {"n=7": MAE, ...}, ..., "always the mean t": {...}}``."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    from fidediff_pipeline.data.trajectories import TrajectoryConfig, fit_to_kernel, sample_camera_shake
-    from fidediff_pipeline.kernel_ops import kernel_principal_axis
-    from train.make_tiny import SPEED_RANGE, TRAIN_FRAMES
-
-    rng = np.random.default_rng(seed)
-    config = TrajectoryConfig(speed_range=SPEED_RANGE)
-    n_max = max(TRAIN_FRAMES)
-    levels, lengths = [], []
-    for i in range(2 * paths):  # as the builder: one path per group, shrunk (if needed) so n_max fits the kernel
-        path = fit_to_kernel(sample_camera_shake(n_max, rng, config), DATA_KERNEL_SIZE, n_max)
-        n = TRAIN_FRAMES[i % len(TRAIN_FRAMES)]
-        levels.append(n)
-        lengths.append(kernel_principal_axis(path.kernel(n, DATA_KERNEL_SIZE))[1])
-    t = (np.array(levels) - 1) * 20.0  # g(n) of the paper's Table 1
-    lengths = np.array(lengths)
-    train, test = slice(0, paths), slice(paths, 2 * paths)
-
-    def per_level(predicted):
-        return {f"n={n}": round(float(np.abs(predicted[t[test] == (n - 1) * 20] - (n - 1) * 20).mean()), 1)
-                for n in LEVELS}
-
-    results = {}
-    for noise in length_noise_px:
-        noisy = lengths + rng.normal(0.0, noise, size=lengths.shape) if noise > 0 else lengths
-        model = HistGradientBoostingRegressor(max_iter=200, random_state=0).fit(noisy[train, None], t[train])
-        results[f"noise {noise:.1f} px"] = per_level(model.predict(noisy[test, None]))
-    results["always the mean t"] = per_level(np.full(paths, t[train].mean()))
-    return results
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--crops", type=int, default=60, help="crops per level")
@@ -182,32 +138,17 @@ def main(argv=None):
     parser.add_argument("--train_crops", type=int, default=1200, help="with --length: training crops per size")
     parser.add_argument("--opencv_examples", type=str, default=None,
                         help="with --length: OpenCV's examples folder (default: make_tiny's); skipped if absent")
-    parser.add_argument("--time_oracle", action="store_true",
-                        help="how well a t-regressor could do from the true kernels' lengths instead")
-    parser.add_argument("--paths", type=int, default=3000, help="with --time_oracle: paths to fit (and as many to test)")
     args = parser.parse_args(argv)
     from train.make_tiny import SHORT_SIDE
 
     if any(not 16 <= crop <= SHORT_SIDE for crop in args.length_crops):
         parser.error(f"--length_crops must be between 16 and {SHORT_SIDE} px (the photos' short side); "
                      f"got {args.length_crops}")
-    if min(args.crops, args.train_crops, args.paths) < 1:
-        parser.error(f"--crops, --train_crops and --paths must be >= 1; got {args.crops}, {args.train_crops}, "
-                     f"{args.paths}")
-    if args.length and args.time_oracle:
-        parser.error("--length and --time_oracle are two different probes: choose one")
+    if args.crops < 1 or args.train_crops < 1:
+        parser.error(f"--crops and --train_crops must be >= 1; got {args.crops}, {args.train_crops}")
     torch.set_num_threads(1)
     from fidediff_pipeline.atomic_io import write_text_atomic
 
-    if args.time_oracle:
-        args.out = args.out or str(REPO / "docs" / "time_oracle.json")
-        results = measure_time_oracle(args.paths, args.seed)
-        print("| t-regressor reads | " + " | ".join(f"MAE at {level}" for level in next(iter(results.values()))) + " |")
-        print("|---|" + "---|" * len(LEVELS))
-        for name, row in results.items():
-            print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |")
-        write_text_atomic(args.out, json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
-        return results
     if args.length:
         args.out = args.out or str(REPO / "docs" / "kernel_length_cue.json")
         from train.make_tiny import OPENCV_EXAMPLES
