@@ -143,7 +143,6 @@ PRESET_SETTINGS = {
         kernel_stride=1,  # the paper's per-pixel kernels
         estimator_autocorrelation_radius=0,  # the paper's M reads the image only
         estimator_autocorrelation_window=16,  # unused while the radius is 0
-        scale_kernel_input=False,  # F embeds the kernel map as M gives it, as in the paper
     ),
     "tiny": dict(
         unet=tiny_unet_config,
@@ -164,9 +163,6 @@ PRESET_SETTINGS = {
         # without it M predicted one average kernel for every blur after 3000 steps (docs/tiny_results.md).
         estimator_autocorrelation_radius=14,
         estimator_autocorrelation_window=16,
-        # F's embedding reads the kernel map times m**2 (kernel_input_scale; not in the paper): taps summing to 1
-        # are ~1/m**2 each, and a ControlNet trained on them as they are learnt to ignore them (KernelFilterModule).
-        scale_kernel_input=True,
     ),
 }
 
@@ -207,8 +203,7 @@ def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
                             autocorrelation_radius: int | None = None, autocorrelation_window: int | None = None):
     """A new Kernel ControlNet for ``unet`` with the preset's sizes; ``kernel_size`` (m), ``autocorrelation_radius``
     (M's gradient-autocorrelation features, 0 = off) and ``autocorrelation_window`` (the side in pixels they are
-    averaged over) override the preset's. With the preset's ``scale_kernel_input``, F reads the kernel map times
-    ``m**2`` (``kernel_input_scale``)."""
+    averaged over) override the preset's."""
     from .models.modeling_kernel_controlnet import KernelControlNetModel
 
     settings = _settings(preset)
@@ -216,17 +211,15 @@ def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
         autocorrelation_radius = settings["estimator_autocorrelation_radius"]
     if autocorrelation_window is None:
         autocorrelation_window = settings["estimator_autocorrelation_window"]
-    kernel_size = kernel_size or settings["kernel_size"]
     return KernelControlNetModel.from_unet(
         unet,
-        kernel_size=kernel_size,
+        kernel_size=kernel_size or settings["kernel_size"],
         estimator_channels=settings["estimator_channels"],
         regressor_channels=settings["regressor_channels"],
         kernel_embedding_channels=settings["kernel_embedding_channels"],
         kernel_stride=settings["kernel_stride"],
         estimator_autocorrelation_radius=autocorrelation_radius,
         estimator_autocorrelation_window=autocorrelation_window,
-        kernel_input_scale=float(kernel_size ** 2) if settings["scale_kernel_input"] else 1.0,
     )
 
 

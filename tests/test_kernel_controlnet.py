@@ -169,17 +169,17 @@ def test_a_wider_autocorrelation_window_gives_steadier_features(tmp_path):
     assert KernelControlNetModel.from_pretrained(tmp_path).kernel_estimator.autocorrelation.window == 16
 
 
-def test_the_tiny_preset_scales_the_kernel_map_so_the_filter_sees_the_kernels(tmp_path):
-    """F's embedding reads the kernel map times m**2 in the tiny preset (``kernel_input_scale``): at
-    initialisation its output then tells a straight blur from a point, which it barely does for taps summing to 1
-    (the bundled checkpoint, trained that way, learnt to ignore its kernels). Configs saved before the setting load
-    with the paper's scale 1, so their outputs do not change."""
+def test_a_scaled_kernel_map_lets_the_filter_tell_kernels_apart_and_old_configs_keep_scale_one(tmp_path):
+    """``kernel_input_scale = m**2``: at initialisation F's embedding tells a straight blur from a point, which it
+    barely does for taps summing to 1 (the paper's scale, the default). Configs saved before the setting load with
+    scale 1, so their outputs do not change."""
     from fidediff_pipeline.presets import build_kernel_controlnet
 
+    m = 19
     torch.manual_seed(0)
-    kcn = build_kernel_controlnet("tiny", build_unet("tiny"))
-    m = kcn.config.kernel_size
-    assert kcn.config.kernel_input_scale == m * m
+    scaled = KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=m, estimator_channels=(16, 32, 64, 96),
+                                             kernel_embedding_channels=16, kernel_stride=4,
+                                             kernel_input_scale=float(m * m))
     point = torch.zeros(1, m * m, 8, 8)
     point[:, (m * m) // 2] = 1
     line = torch.zeros(1, m, m, 8, 8)
@@ -191,16 +191,18 @@ def test_the_tiny_preset_scales_the_kernel_map_so_the_filter_sees_the_kernels(tm
         return float((a - b).abs().mean() / b.abs().mean())
 
     with torch.no_grad():
-        scaled = contrast(kcn)
-        kcn.save_pretrained(tmp_path)
+        with_scale = contrast(scaled)
+        scaled.save_pretrained(tmp_path)
+        assert KernelControlNetModel.from_pretrained(tmp_path).kernel_filter.input_scale == m * m
         config = json.loads((tmp_path / "config.json").read_text())
         del config["kernel_input_scale"]  # a checkpoint saved before the setting existed
         (tmp_path / "config.json").write_text(json.dumps(config))
         old = KernelControlNetModel.from_pretrained(tmp_path)
         assert old.config.kernel_input_scale == 1.0 and old.kernel_filter.input_scale == 1.0
-        unscaled = contrast(old)
-    assert scaled > 1.0 and unscaled < 0.1, (scaled, unscaled)
-    assert build_kernel_controlnet("sd21-base", build_unet("tiny")).config.kernel_input_scale == 1.0
+        without = contrast(old)  # the same weights, the kernel map as M gives it
+    assert with_scale > 1.0 and without < 0.1, (with_scale, without)
+    for preset in ("tiny", "sd21-base"):  # both keep the paper's scale
+        assert build_kernel_controlnet(preset, build_unet("tiny")).config.kernel_input_scale == 1.0
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "361", True])
