@@ -23,11 +23,15 @@
     # seed; stage 2 is round 2's; stage 3 at T's predicted t (now the default)
     python train/make_tiny.py --work_dir runs/make_tiny7 --init_base_from runs/make_tiny6/base/pipeline \
         --base_seed 3 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
-    # round 5 (this checkpoint): stage 1 continued from round 4's final stage-1 pipeline with a fifth seed; stage 2
-    # is round 2's; stage 3 as round 4's; then M and T refitted on 192 px crops (commit 4a139b8's checkpoint is the
-    # same run without the refit)
+    # round 5 (commit c75b061's checkpoint): stage 1 continued from round 4's final stage-1 pipeline with a fifth
+    # seed; stage 2 is round 2's; stage 3 as round 4's; then M and T refitted on 192 px crops (commit 4a139b8's
+    # checkpoint is the same run without the refit)
     python train/make_tiny.py --work_dir runs/make_tiny8 --init_base_from runs/make_tiny7/base/pipeline \
         --base_seed 4 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
+    # round 6 (this checkpoint): stage 1 continued from round 5's final stage-1 pipeline with a sixth seed; stage 2
+    # is round 2's; stage 3 and the refit as round 5's
+    python train/make_tiny.py --work_dir runs/make_tiny10 --init_base_from runs/make_tiny8/base/pipeline \
+        --base_seed 5 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them)
     (see docs/tiny_results.md for the times and learning curves)
 
