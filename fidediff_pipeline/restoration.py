@@ -133,7 +133,7 @@ def restore(
     """
     if z_t is None:
         z_t = encode_latents(vae, x, upscale_factor)
-    down_res = mid_res = kernels = predicted = None
+    down_res = mid_res = predicted = None  # not `kernels`: given ones are used as they are
     if kernel_controlnet is not None:
         kout = kernel_controlnet(
             image=x, sample=z_t, timestep=timesteps, encoder_hidden_states=encoder_hidden_states,

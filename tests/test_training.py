@@ -269,6 +269,24 @@ def test_training_restore_matches_the_pipeline():
     torch.testing.assert_close(((out.image + 1) / 2).clamp(0, 1), ref.reshape(out.image.shape), rtol=0, atol=1e-6)
 
 
+def test_restore_uses_kernels_it_is_given_without_running_m_again():
+    """Stage 3 estimates the kernels first (T's t for the UNet) and hands them to restore: they must reach the
+    ControlNet as they are, and M must not run a second time (it once did: the argument was overwritten)."""
+    from fidediff_pipeline.presets import build_pipeline
+    from fidediff_pipeline.restoration import restore
+
+    pipe = build_pipeline("tiny", seed=0)
+    kcn = pipe.kernel_controlnet
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        given = torch.rand_like(kcn.kernel_estimator(image))
+        calls = []
+        kcn.kernel_estimator.register_forward_hook(lambda *_: calls.append(1))
+        out = restore(pipe.vae, pipe.unet, pipe.scheduler.alphas_cumprod, pipe.prompt_embedding(1), image,
+                      torch.tensor([160]), kernel_controlnet=kcn, kernels=given)
+    assert calls == [] and out.kernels is given and out.predicted_timestep is None
+
+
 def test_nan_guard_stops_with_a_clear_message():
     with pytest.raises(common.NonFiniteLossError, match="non-finite loss at step 7"):
         common.check_finite({"loss": torch.tensor(float("nan")), "l1": torch.tensor(0.1)}, 7)
@@ -392,7 +410,7 @@ def test_kcn_stage_runs_the_unet_at_the_true_or_the_predicted_t(source):
              "timesteps": torch.tensor([120, 200, 280])}
     args = SimpleNamespace(upscale_factor=1, color_fix_sigma=None, reblur_space="linear", latent_weight=0.0,
                            fft_weight=0.0, reblur_weight=1.0, time_weight=1.0, kernel_weight=0.0,
-                           kernel_moment_weight=0.0, unet_timestep=source)
+                           kernel_moment_weight=0.0, unet_timestep=source, controlnet_kernels="estimated")
     model = train_kcn.KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
                                     pipe.scheduler.alphas_cumprod, args, None)
     seen = []
@@ -405,6 +423,43 @@ def test_kcn_stage_runs_the_unet_at_the_true_or_the_predicted_t(source):
     assert not torch.equal(predicted.round().long(), batch["timesteps"])  # the two cases differ
     torch.testing.assert_close(logs["t_mae"], (predicted - batch["timesteps"]).abs().mean())
     assert train_kcn.inference_timesteps(torch.tensor([-3.0, 2.5, 3.5, 1200.0]), 1000).tolist() == [0, 2, 4, 999]
+
+
+def test_kcn_stage_can_feed_the_controlnet_the_true_kernels_while_m_trains_on_its_own():
+    """--controlnet_kernels true (a probe): F gets each crop's true kernel at every position; the reblur loss still
+    reads M's kernels, so M keeps its gradient."""
+    from types import SimpleNamespace
+
+    from fidediff_pipeline.kernel_ops import linear_motion_kernel
+    from fidediff_pipeline.presets import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    torch.manual_seed(0)
+    true = torch.stack([torch.from_numpy(linear_motion_kernel(length, angle, size=31)).float()
+                        for length, angle in ((5, 0), (7, 45), (9, 90))])
+    batch = {"blurry": torch.rand(3, 3, 16, 16), "sharp": torch.rand(3, 3, 16, 16),
+             "timesteps": torch.tensor([120, 200, 280]), "kernels": true}
+    args = SimpleNamespace(upscale_factor=1, color_fix_sigma=None, reblur_space="linear", latent_weight=0.0,
+                           fft_weight=0.0, reblur_weight=1.0, time_weight=1.0, kernel_weight=0.0,
+                           kernel_moment_weight=0.0, unet_timestep="true", controlnet_kernels="true")
+    model = train_kcn.KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
+                                    pipe.scheduler.alphas_cumprod, args, None)
+    seen = []
+    pipe.kernel_controlnet.kernel_filter.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[1]))
+    logs = model(batch)
+    m = pipe.kernel_controlnet.config.kernel_size
+    fed = seen[0]
+    own = pipe.kernel_controlnet.kernel_estimator(batch["blurry"] * 2 - 1)
+    assert fed.shape == own.shape
+    expected = true[:, 15 - m // 2: 16 + m // 2, 15 - m // 2: 16 + m // 2]
+    expected = (expected / expected.sum(dim=(1, 2), keepdim=True)).reshape(3, m * m)
+    torch.testing.assert_close(fed[:, :, 0, 0], expected)
+    torch.testing.assert_close(fed[:, :, -1, -1], expected)
+    logs["reblur"].backward() if logs["reblur"].requires_grad else logs["loss"].backward()
+    grads = [p.grad for p in pipe.kernel_controlnet.kernel_estimator.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    with pytest.raises(SystemExit):
+        train_kcn.parse_args(["--init_from", "x", "--controlnet_kernels", "perfect"])
 
 
 # ---------------------------------------------------------------------------------------- checkpoints (issue 13)

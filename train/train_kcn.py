@@ -38,6 +38,10 @@ def parse_args(argv=None):
     g.add_argument("--unet_timestep", type=str, default="true", choices=["true", "predicted"],
                    help="the t the frozen UNet and the ControlNet run at: the true t, or T's estimate as at inference")
     g.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (when --init_from has none)")
+    g.add_argument("--controlnet_kernels", type=str, default="estimated", choices=["estimated", "true"],
+                   help="what F and the ControlNet are fed: M's kernels (the paper's), or NOT IN THE PAPER, a probe: "
+                        "the builder's true kernel of each crop (cropped to m, the same at every position), so the "
+                        "ControlNet can learn what exact kernels are worth; M and T still train on their own losses")
     # Stage 3 also trains M (eq. 13 reaches it through the restoration, reblur and time losses); with these flags
     # the true kernels keep it as accurate as stage 2 left it.
     common.add_kernel_supervision_args(g)
@@ -53,6 +57,15 @@ def inference_timesteps(predicted: torch.Tensor, num_train_timesteps: int) -> to
     """The t-regressor's estimates as the pipeline uses them with ``timestep="auto"``: rounded to the nearest step
     (half to even, as Python's ``round``), clamped to ``[0, num_train_timesteps - 1]``, no gradient."""
     return predicted.detach().float().round().clamp(0, num_train_timesteps - 1).long()
+
+
+def true_kernel_map(true_kernels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The builder's kernels ``[B, M, M]`` as a kernel map shaped ``like`` M's output ``[B, m*m, h, w]``: each crop's
+    kernel, cropped to ``m x m`` and renormalised as the supervision loss sees it, at every position."""
+    from fidediff_pipeline.losses import _true_kernel_taps
+
+    m = int(round(like.shape[1] ** 0.5))
+    return _true_kernel_taps(true_kernels, m).to(like.dtype).expand_as(like).contiguous()
 
 
 class KCNStageModel(nn.Module):
@@ -80,25 +93,31 @@ class KCNStageModel(nn.Module):
             context = fz["prompt_embedding"](batch_size=x.shape[0]).to(z_t.dtype)
         kernels = predicted = None
         unet_timesteps = timesteps
-        if args.unet_timestep == "predicted":
+        if args.unet_timestep == "predicted" or args.controlnet_kernels == "true":
             kernels = self.kernel_controlnet.kernel_estimator(x)
             predicted = self.kernel_controlnet.timestep_regressor(kernels)
+        if args.unet_timestep == "predicted":
             unet_timesteps = inference_timesteps(predicted, len(self.alphas_cumprod))
+        estimated = kernels
+        if args.controlnet_kernels == "true":
+            kernels = true_kernel_map(batch["kernels"].to(device), estimated)
         out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, unet_timesteps, args.upscale_factor,
                       kernel_controlnet=self.kernel_controlnet, z_t=z_t, color_fix_sigma=args.color_fix_sigma,
                       kernels=kernels)
         if predicted is None:
             predicted = out.predicted_timestep
+        if estimated is None:
+            estimated = out.kernels  # M's own: the reblur and supervision losses below train M on them
         restored = out.image.float()
         l1 = F.l1_loss(restored, target)
         ea, logs = common.ea_lpips_terms(fz["ea"], restored, target, args)
         fft, fft_logs = common.frequency_term(restored, target, args)
         ea = ea + fft
         logs.update(fft_logs)
-        reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), out.kernels, args.reblur_space)
+        reblur = reblur_loss(batch["sharp"].to(device), batch["blurry"].to(device), estimated, args.reblur_space)
         t_loss = time_regression_loss(predicted, timesteps)
         latent, latent_logs = common.latent_l1_term(fz["vae"], out.z0, target, args)
-        supervision, supervision_logs = common.kernel_supervision_terms(out.kernels, batch, args)
+        supervision, supervision_logs = common.kernel_supervision_terms(estimated, batch, args)
         loss = l1 + ea + latent + args.reblur_weight * reblur + args.time_weight * t_loss + supervision
         logs.update(latent_logs)
         logs.update(supervision_logs)
@@ -124,7 +143,7 @@ class KCNStage(common.Stage):
         self.model = KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
                                    pipe.scheduler.alphas_cumprod, args, ea_loss)
         self.frozen = (pipe.vae, pipe.unet, pipe.prompt_embedding)
-        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0
+        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0 or args.controlnet_kernels == "true"
 
     def validation_pipeline(self):
         self.pipe.register_modules(kernel_controlnet=common.unwrap(self.accelerator, self.model).kernel_controlnet)
