@@ -116,17 +116,17 @@ def kernel_estimator_replaced(pipe, kernels_for):
 def run_with_given_kernels(pipe, pairs, source: str) -> dict:
     """`run_variant` at the true t with M's kernels replaced, everywhere in the image, by each image's TRUE kernel
     (``source="true"``, cropped to the model's window as in training) or by a point (``"point"``: no blur at all)."""
-    from fidediff_pipeline.losses import _true_kernel_taps
+    from train.train_kcn import true_kernel_map
 
     m = pipe.kernel_controlnet.config.kernel_size
     per_level = {n: [] for n in LEVELS}
     for item in pairs:
-        if source == "true":
-            taps = _true_kernel_taps(torch.from_numpy(np.asarray(item["kernel"], dtype=np.float32))[None], m)
-        else:
-            taps = torch.zeros(1, m * m, 1, 1)
-            taps[0, (m * m) // 2] = 1.0
-        with kernel_estimator_replaced(pipe, lambda own: taps.to(own.dtype).expand_as(own).contiguous()):
+        kernel = np.asarray(item["kernel"], dtype=np.float32)
+        if source == "point":
+            kernel = np.zeros((m, m), dtype=np.float32)
+            kernel[m // 2, m // 2] = 1.0
+        kernel = torch.from_numpy(kernel)[None]
+        with kernel_estimator_replaced(pipe, lambda own: true_kernel_map(kernel, own)):
             per_level[item["n"]].append(run_variant(pipe, [item], "true")[item["n"]])
     return {n: {key: float(np.mean([r[key] for r in per_level[n]])) for key in ("psnr", "ssim")} for n in LEVELS}
 
