@@ -462,6 +462,47 @@ def test_kcn_stage_can_feed_the_controlnet_the_true_kernels_while_m_trains_on_it
         train_kcn.parse_args(["--init_from", "x", "--controlnet_kernels", "perfect"])
 
 
+def test_kcn_stage_mix_feeds_some_crops_their_true_kernel_and_the_rest_m_s():
+    """--controlnet_kernels mix: per crop, the true kernel (probability --true_kernel_fraction) or M's own map."""
+    from types import SimpleNamespace
+
+    from fidediff_pipeline.kernel_ops import linear_motion_kernel
+    from fidediff_pipeline.presets import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    true = torch.stack([torch.from_numpy(linear_motion_kernel(length, 0, size=31)).float()
+                        for length in (5, 7, 9, 11, 13, 15, 17, 19)])
+    batch = {"blurry": torch.rand(8, 3, 16, 16), "sharp": torch.rand(8, 3, 16, 16),
+             "timesteps": torch.full((8,), 200), "kernels": true}
+    m = pipe.kernel_controlnet.config.kernel_size
+    own = pipe.kernel_controlnet.kernel_estimator(batch["blurry"] * 2 - 1).detach()
+    expected_true = train_kcn.true_kernel_map(true, own)
+    fed_true = []
+    for fraction in (0.0, 0.5, 1.0):
+        args = SimpleNamespace(upscale_factor=1, color_fix_sigma=None, reblur_space="linear", latent_weight=0.0,
+                               fft_weight=0.0, reblur_weight=1.0, time_weight=1.0, kernel_weight=0.0,
+                               kernel_moment_weight=0.0, unet_timestep="true", controlnet_kernels="mix",
+                               true_kernel_fraction=fraction)
+        model = train_kcn.KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
+                                        pipe.scheduler.alphas_cumprod, args, None)
+        seen = []
+        hook = pipe.kernel_controlnet.kernel_filter.register_forward_pre_hook(
+            lambda module, inputs: seen.append(inputs[1].detach()))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            model(batch)
+        hook.remove()
+        fed = seen[0]
+        is_true = [torch.allclose(fed[i], expected_true[i]) for i in range(8)]
+        is_own = [torch.allclose(fed[i], own[i], atol=1e-6) for i in range(8)]
+        assert all(a != b for a, b in zip(is_true, is_own)), (fraction, is_true, is_own)
+        fed_true.append(sum(is_true))
+    assert fed_true[0] == 0 and fed_true[2] == 8 and 0 < fed_true[1] < 8, fed_true
+    assert fed.shape == (8, m * m) + own.shape[-2:]
+    with pytest.raises(SystemExit):
+        train_kcn.parse_args(["--init_from", "x", "--controlnet_kernels", "mix", "--true_kernel_fraction", "1.5"])
+
+
 # ---------------------------------------------------------------------------------------- checkpoints (issue 13)
 def _fake_checkpoint(folder: Path, rng: bytes | None = b"zip") -> Path:
     """A checkpoint folder with the files accelerate writes (contents do not matter to the selection)."""

@@ -38,10 +38,14 @@ def parse_args(argv=None):
     g.add_argument("--unet_timestep", type=str, default="true", choices=["true", "predicted"],
                    help="the t the frozen UNet and the ControlNet run at: the true t, or T's estimate as at inference")
     g.add_argument("--kernel_size", type=int, default=None, help="m of a NEW Kernel ControlNet (when --init_from has none)")
-    g.add_argument("--controlnet_kernels", type=str, default="estimated", choices=["estimated", "true"],
+    g.add_argument("--controlnet_kernels", type=str, default="estimated", choices=["estimated", "true", "mix"],
                    help="what F and the ControlNet are fed: M's kernels (the paper's), or NOT IN THE PAPER, a probe: "
                         "the builder's true kernel of each crop (cropped to m, the same at every position), so the "
-                        "ControlNet can learn what exact kernels are worth; M and T still train on their own losses")
+                        "ControlNet can learn what exact kernels are worth; M and T still train on their own losses. "
+                        "'mix': each crop gets its true kernel with probability --true_kernel_fraction, else M's "
+                        "(F learns to use kernels and what M's errors look like)")
+    g.add_argument("--true_kernel_fraction", type=float, default=0.5,
+                   help="with --controlnet_kernels mix: the share of crops fed their true kernel")
     # Stage 3 also trains M (eq. 13 reaches it through the restoration, reblur and time losses); with these flags
     # the true kernels keep it as accurate as stage 2 left it.
     common.add_kernel_supervision_args(g)
@@ -50,6 +54,8 @@ def parse_args(argv=None):
         parser.error("--init_from <stage-2 (or stage-1) pipeline folder> is required")
     if min(args.reblur_weight, args.time_weight, args.kernel_weight, args.kernel_moment_weight) < 0:
         parser.error("--reblur_weight, --time_weight, --kernel_weight and --kernel_moment_weight must be >= 0")
+    if not 0.0 <= args.true_kernel_fraction <= 1.0:
+        parser.error(f"--true_kernel_fraction must be in [0, 1]; got {args.true_kernel_fraction}")
     return args
 
 
@@ -93,7 +99,7 @@ class KCNStageModel(nn.Module):
             context = fz["prompt_embedding"](batch_size=x.shape[0]).to(z_t.dtype)
         kernels = predicted = None
         unet_timesteps = timesteps
-        if args.unet_timestep == "predicted" or args.controlnet_kernels == "true":
+        if args.unet_timestep == "predicted" or args.controlnet_kernels != "estimated":
             kernels = self.kernel_controlnet.kernel_estimator(x)
             predicted = self.kernel_controlnet.timestep_regressor(kernels)
         if args.unet_timestep == "predicted":
@@ -101,6 +107,11 @@ class KCNStageModel(nn.Module):
         estimated = kernels
         if args.controlnet_kernels == "true":
             kernels = true_kernel_map(batch["kernels"].to(device), estimated)
+        elif args.controlnet_kernels == "mix":
+            # Drawn from torch's global generator, which the trainer seeds: the same crops get true kernels on rerun.
+            use_true = torch.rand(x.shape[0]) < getattr(args, "true_kernel_fraction", 0.5)
+            use_true = use_true.to(device)[:, None, None, None]
+            kernels = torch.where(use_true, true_kernel_map(batch["kernels"].to(device), estimated), estimated)
         out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, unet_timesteps, args.upscale_factor,
                       kernel_controlnet=self.kernel_controlnet, z_t=z_t, color_fix_sigma=args.color_fix_sigma,
                       kernels=kernels)
@@ -143,7 +154,7 @@ class KCNStage(common.Stage):
         self.model = KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
                                    pipe.scheduler.alphas_cumprod, args, ea_loss)
         self.frozen = (pipe.vae, pipe.unet, pipe.prompt_embedding)
-        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0 or args.controlnet_kernels == "true"
+        self.with_kernels = args.kernel_weight > 0 or args.kernel_moment_weight > 0 or args.controlnet_kernels != "estimated"
 
     def validation_pipeline(self):
         self.pipe.register_modules(kernel_controlnet=common.unwrap(self.accelerator, self.model).kernel_controlnet)
