@@ -200,10 +200,12 @@ def build_prompt_embedding(preset: str, unet=None):
 
 
 def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
-                            autocorrelation_radius: int | None = None, autocorrelation_window: int | None = None):
+                            autocorrelation_radius: int | None = None, autocorrelation_window: int | None = None,
+                            kernel_input_scale: float = 1.0):
     """A new Kernel ControlNet for ``unet`` with the preset's sizes; ``kernel_size`` (m), ``autocorrelation_radius``
     (M's gradient-autocorrelation features, 0 = off) and ``autocorrelation_window`` (the side in pixels they are
-    averaged over) override the preset's."""
+    averaged over) override the preset's; ``kernel_input_scale`` multiplies the kernel map F embeds (1: the
+    paper's)."""
     from .models.modeling_kernel_controlnet import KernelControlNetModel
 
     settings = _settings(preset)
@@ -220,6 +222,7 @@ def build_kernel_controlnet(preset: str, unet, kernel_size: int | None = None,
         kernel_stride=settings["kernel_stride"],
         estimator_autocorrelation_radius=autocorrelation_radius,
         estimator_autocorrelation_window=autocorrelation_window,
+        kernel_input_scale=kernel_input_scale,
     )
 
 

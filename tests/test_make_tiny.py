@@ -71,7 +71,12 @@ def test_kernel_window_autocorrelation_reach_and_stage_3_t_reach_their_stages(tm
                    "--kcn_unet_timestep", "true")
     assert tuple(flag(changed["kernel"], name) for name in names) == ("23", "18", "40")
     assert flag(changed["kcn"], "--unet_timestep") == "true"
-    for bad in (["--kernel_size", "20"], ["--autocorrelation_window", "0"]):
+    assert (flag(default["kcn"], "--controlnet_kernels"), flag(default["kcn"], "--true_kernel_fraction")) == (
+        "estimated", "0.5")
+    mixed = jobs("--kcn_controlnet_kernels", "mix", "--kcn_true_kernel_fraction", "0.25")
+    assert (flag(mixed["kcn"], "--controlnet_kernels"), flag(mixed["kcn"], "--true_kernel_fraction")) == ("mix", "0.25")
+    for bad in (["--kernel_size", "20"], ["--autocorrelation_window", "0"], ["--kernel_input_scale", "-1"],
+                ["--kernel_input_scale", "m3"], ["--kcn_true_kernel_fraction", "1.5"]):
         with pytest.raises(SystemExit):
             make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
 
@@ -87,9 +92,11 @@ def test_the_merge_for_stage_3_keeps_the_kernel_stages_estimator(tmp_path):
     kernel = build_pipeline("tiny", with_kernel_controlnet=False, seed=1)
     kernel.register_modules(kernel_controlnet=build_kernel_controlnet("tiny", kernel.unet, 13, 18, 40))
     kernel.save_pretrained(tmp_path / "kernel" / "pipeline")
-    merged = FideDiffPipeline.from_pretrained(make_tiny.merge_for_kcn(tmp_path, keep_final=("base",)))
+    merged = FideDiffPipeline.from_pretrained(make_tiny.merge_for_kcn(tmp_path, keep_final=("base",),
+                                                                      kernel_input_scale=169.0))
     kcn = merged.kernel_controlnet
     config = kcn.config
+    assert config.kernel_input_scale == 169.0  # --kernel_input_scale m2 with m = 13
     assert (config.kernel_size, config.estimator_autocorrelation_radius, config.estimator_autocorrelation_window) == (
         13, 18, 40)
     assert kcn.kernel_estimator.autocorrelation.window == 40

@@ -299,7 +299,9 @@ def stage_plan(args, work: Path) -> list[dict]:
                            "--lpips_weight", "0", "--edge_weight", "0.5", "--fft_weight", "0.5",
                            "--reblur_weight", "1.0", "--latent_weight", "1.0", "--time_weight", "10",
                            "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0",
-                           "--unet_timestep", args.kcn_unet_timestep]))
+                           "--unet_timestep", args.kcn_unet_timestep,
+                           "--controlnet_kernels", args.kcn_controlnet_kernels,
+                           "--true_kernel_fraction", str(args.kcn_true_kernel_fraction)]))
     if args.refit_estimator:
         # Not in the paper: after stage 3, M and T again together (as in stage 2: kernel supervision, T on M's
         # detached kernels) on 192 px crops, everything else frozen. How long a blur is shows far more clearly in
@@ -350,7 +352,14 @@ def stage_result(work: Path, name: str, keep_final=()) -> Path:
     return best
 
 
-def merge_for_kcn(work: Path, keep_final=()) -> Path:
+def kcn_input_scale(args) -> float:
+    """``--kernel_input_scale`` as a number: 'm2' is ``kernel_size ** 2``."""
+    if args.kernel_input_scale == "m2":
+        return float(args.kernel_size ** 2)
+    return float(args.kernel_input_scale)
+
+
+def merge_for_kcn(work: Path, keep_final=(), kernel_input_scale: float = 1.0) -> Path:
     """Stage 3's starting point: the best stage-1 pipeline plus a Kernel ControlNet copied from its UNet, with M and
     T from stage 2 (what running stage 2 after stage 1 would give: stage 2 trains only M and T)."""
     from fidediff_pipeline import FideDiffPipeline
@@ -367,7 +376,7 @@ def merge_for_kcn(work: Path, keep_final=()) -> Path:
     torch.manual_seed(0)
     kcn = build_kernel_controlnet("tiny", base.unet, kernel.config.kernel_size,
                                   kernel.config.estimator_autocorrelation_radius,
-                                  kernel.config.estimator_autocorrelation_window)
+                                  kernel.config.estimator_autocorrelation_window, kernel_input_scale)
     kcn.kernel_estimator.load_state_dict(kernel.kernel_estimator.state_dict())
     kcn.timestep_regressor.load_state_dict(kernel.timestep_regressor.state_dict())
     base.register_modules(kernel_controlnet=kcn)
@@ -434,7 +443,7 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
                 break
             if all(stage_done(work, need) for need in job["needs"]):
                 if job["name"] == "kcn":
-                    merge_for_kcn(work, args.keep_final)
+                    merge_for_kcn(work, args.keep_final, kcn_input_scale(args))
                 if job["name"] in ("time", "refit"):
                     copy_kcn_result(work, args.keep_final)
                 if job["name"] in ("base", "base_noct") and args.init_base_from:
@@ -534,6 +543,14 @@ def parse_args(argv=None):
     p.add_argument("--kcn_unet_timestep", type=str, default="predicted", choices=["true", "predicted"],
                    help="stage 3 runs the UNet and the ControlNet at T's estimate (as at inference) or at the true t "
                         "(train_kcn.py --unet_timestep)")
+    p.add_argument("--kcn_controlnet_kernels", type=str, default="estimated", choices=["estimated", "true", "mix"],
+                   help="what stage 3 feeds F and the ControlNet (train_kcn.py --controlnet_kernels): M's kernels "
+                        "(the paper's), the true ones, or a per-crop mix of both (not in the paper)")
+    p.add_argument("--kcn_true_kernel_fraction", type=float, default=0.5,
+                   help="with --kcn_controlnet_kernels mix: the share of crops fed their true kernel")
+    p.add_argument("--kernel_input_scale", type=str, default="1",
+                   help="the Kernel ControlNet's kernel_input_scale (a number, or 'm2' for kernel_size**2: F then "
+                        "sees taps of order 1 instead of 1/m**2); set when stage 3's start is built")
     p.add_argument("--refit_t", action="store_true",
                    help="after stage 3, refit the t-regressor alone to the final kernel estimator ('time' stage; "
                         "export its result). Off by default: it lowered t-MAE but also the PSNR gain")
@@ -579,6 +596,14 @@ def parse_args(argv=None):
                 f"got {args.kernel_size}, {args.autocorrelation_radius}, {args.autocorrelation_window}")
     if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
         p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
+    try:
+        scale = kcn_input_scale(args)
+    except ValueError:
+        scale = float("nan")
+    if not scale > 0 or scale == float("inf"):
+        p.error(f"--kernel_input_scale takes a positive number or 'm2' (kernel_size**2); got {args.kernel_input_scale!r}")
+    if not 0.0 <= args.kcn_true_kernel_fraction <= 1.0:
+        p.error(f"--kcn_true_kernel_fraction must be in [0, 1]; got {args.kcn_true_kernel_fraction}")
     return args
 
 
@@ -621,6 +646,9 @@ def main(argv=None):
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
                "refit_estimator": args.refit_estimator,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,
+               "kcn_controlnet_kernels": args.kcn_controlnet_kernels,
+               "kcn_true_kernel_fraction": args.kcn_true_kernel_fraction,
+               "kernel_input_scale": kcn_input_scale(args),
                "autocorrelation_radius": args.autocorrelation_radius,
                "autocorrelation_window": args.autocorrelation_window,
                "opencv_photos": len(OPENCV_PHOTOS) if args.opencv_photos else 0,
