@@ -72,9 +72,11 @@ def test_kernel_window_autocorrelation_reach_and_stage_3_t_reach_their_stages(tm
     assert tuple(flag(changed["kernel"], name) for name in names) == ("23", "18", "40")
     assert flag(changed["kcn"], "--unet_timestep") == "true"
     assert (flag(default["kcn"], "--controlnet_kernels"), flag(default["kcn"], "--true_kernel_fraction")) == (
-        "estimated", "0.5")
-    mixed = jobs("--kcn_controlnet_kernels", "mix", "--kcn_true_kernel_fraction", "0.25")
-    assert (flag(mixed["kcn"], "--controlnet_kernels"), flag(mixed["kcn"], "--true_kernel_fraction")) == ("mix", "0.25")
+        "mix", "0.5")
+    assert make_tiny.kcn_input_scale(make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos"])) == 361
+    papers = jobs("--kcn_controlnet_kernels", "estimated", "--kcn_true_kernel_fraction", "0.25")
+    assert (flag(papers["kcn"], "--controlnet_kernels"), flag(papers["kcn"], "--true_kernel_fraction")) == (
+        "estimated", "0.25")
     for bad in (["--kernel_size", "20"], ["--autocorrelation_window", "0"], ["--kernel_input_scale", "-1"],
                 ["--kernel_input_scale", "m3"], ["--kcn_true_kernel_fraction", "1.5"]):
         with pytest.raises(SystemExit):

@@ -288,9 +288,12 @@ class KernelFilterModule(nn.Module):
     steps): trained with scale 1, F's output changed by 7e-6 (against 0.01) when the kernels were replaced by zeros;
     with m**2, by 0.003 (against 0.006). But the restored images did not depend on the kernels either way (18 whole
     held-out images at the true t: the same PSNR within 0.003 dB with M's kernels, the true kernel or a point) and
-    the gain was the same (36 whole held-out images, t-prediction: +1.59 dB with m**2, +1.60 with 1), so the tiny
-    preset keeps 1. Trained on the TRUE kernels with m**2 (``train_kcn.py --controlnet_kernels true``, 600 steps),
-    the ControlNet does use them: +1.79 dB with the true kernel, +0.79 with a point (``docs/tiny_results.md``).
+    the gain was the same (36 whole held-out images, t-prediction: +1.59 dB with m**2, +1.60 with 1). Trained on
+    the TRUE kernels with m**2 (``train_kcn.py --controlnet_kernels true``, 600 steps), the ControlNet does use
+    them: +1.79 dB with the true kernel, +0.79 with a point; fed half of its crops their true kernel and half M's
+    (``--controlnet_kernels mix``), it uses M's too, and the bundled checkpoint since round 7 is trained that way
+    with m**2 (``docs/tiny_results.md``). The presets' new ControlNets keep the paper's 1; ``train/make_tiny.py``
+    sets m**2 on stage 3's start.
     """
 
     def __init__(self, kernel_channels: int, latent_feature_channels: int, embedding_channels: int = 64,
