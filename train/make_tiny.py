@@ -552,8 +552,8 @@ def parse_args(argv=None):
                         "(train_kcn.py --unet_timestep)")
     # Round 7 (docs/tiny_results.md): with the paper's scale and M's kernels the ControlNet ignored its kernels (the
     # same PSNR fed the true kernel or a point); with m**2 and half the crops fed their true kernel it uses them
-    # (round 7's model at the true t, 18 whole held-out images: M's kernels +1.79 dB, a point +1.49) and gains more
-    # (36 whole held-out images after stage 3, t-prediction: +1.73 dB, round 6 +1.60).
+    # (round 7's model at the true t, 18 whole held-out images: M's kernels +1.79 dB, a point +1.49) and gains at
+    # least as much (from round 6's start, 600 steps against the paper's way's 1600: +1.71 dB against +1.69).
     p.add_argument("--kcn_controlnet_kernels", type=str, default="mix", choices=["estimated", "true", "mix"],
                    help="what stage 3 feeds F and the ControlNet (train_kcn.py --controlnet_kernels): M's kernels "
                         "(the paper's: 'estimated'), the true ones, or a per-crop mix of both (not in the paper; "
