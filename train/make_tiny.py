@@ -611,9 +611,9 @@ def parse_args(argv=None):
         p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
     try:
         scale = kcn_input_scale(args)
-    except ValueError:
-        scale = float("nan")
-    if not scale > 0 or scale == float("inf"):
+    except ValueError:  # neither a number nor 'm2'
+        scale = None
+    if scale is None or not 0 < scale < float("inf"):
         p.error(f"--kernel_input_scale takes a positive number or 'm2' (kernel_size**2); got {args.kernel_input_scale!r}")
     if not 0.0 <= args.kcn_true_kernel_fraction <= 1.0:
         p.error(f"--kcn_true_kernel_fraction must be in [0, 1]; got {args.kcn_true_kernel_fraction}")

@@ -109,7 +109,7 @@ class KCNStageModel(nn.Module):
             kernels = true_kernel_map(batch["kernels"].to(device), estimated)
         elif args.controlnet_kernels == "mix":
             # Drawn from torch's global generator, which the trainer seeds: the same crops get true kernels on rerun.
-            use_true = torch.rand(x.shape[0]) < getattr(args, "true_kernel_fraction", 0.5)
+            use_true = torch.rand(x.shape[0]) < args.true_kernel_fraction
             use_true = use_true.to(device)[:, None, None, None]
             kernels = torch.where(use_true, true_kernel_map(batch["kernels"].to(device), estimated), estimated)
         out = restore(fz["vae"], fz["unet"], self.alphas_cumprod, context, x, unet_timesteps, args.upscale_factor,
