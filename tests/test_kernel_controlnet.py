@@ -209,3 +209,70 @@ def test_a_scaled_kernel_map_lets_the_filter_tell_kernels_apart_and_old_configs_
 def test_kernel_input_scale_must_be_a_positive_number(bad):
     with pytest.raises(ValueError, match="kernel_input_scale must be a positive number"):
         KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, kernel_input_scale=bad)
+
+
+def test_the_whole_image_autocorrelations_are_the_ratios_of_the_whole_image_sums():
+    """``GradientAutocorrelation(..., with_whole_image=True)``: for each offset, the sum over the image of the
+    gradient products at that offset divided by the sum at offset 0 (pairs leaving the image count as zero)."""
+    from fidediff_pipeline.models.modeling_kernel_controlnet import GradientAutocorrelation
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 23, 30, dtype=torch.float64)
+    features = GradientAutocorrelation(radius=6, stride=4)
+    local, whole = features(image, with_whole_image=True)
+    assert torch.equal(local, features(image)) and whole.shape == (1, features.num_features)
+    grey = image.mean(dim=1)[0].numpy()
+    gx, gy = np.zeros_like(grey), np.zeros_like(grey)
+    gx[:, :-1], gy[:-1, :] = np.diff(grey, axis=1), np.diff(grey, axis=0)
+
+    def product_sum(dy, dx):
+        h, w = grey.shape
+        a = (slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0)))
+        b = (slice(max(dy, 0), h - max(-dy, 0)), slice(max(dx, 0), w - max(-dx, 0)))
+        return float((gx[a] * gx[b] + gy[a] * gy[b]).sum())
+
+    expected = [product_sum(dy, dx) / product_sum(0, 0) for dy, dx in features.offsets]
+    np.testing.assert_allclose(whole[0].numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_global_context_branch_starts_at_zero_reads_the_whole_image_and_round_trips(tmp_path):
+    """``with_estimator_global_context``: same kernels as before until the branch is trained; once it has weights,
+    a change far outside a position's local view changes that position's kernel (without it, hardly)."""
+    torch.manual_seed(0)
+    model = KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, estimator_channels=(16, 32, 64),
+                                            kernel_stride=4, estimator_autocorrelation_radius=8)
+    assert model.config.estimator_global_context is False and model.kernel_estimator.global_context_in is None
+    with torch.no_grad():
+        for p in model.kernel_estimator.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wide = model.with_estimator_global_context()
+    assert wide.config.estimator_global_context is True and wide.with_estimator_global_context() is wide
+    image = torch.rand(1, 3, 192, 192) * 2 - 1
+    changed = image.clone()
+    changed[..., 128:, 128:] = torch.rand(1, 3, 64, 64) * 2 - 1  # far from the top-left corner
+    with torch.no_grad():
+        assert torch.equal(model.kernel_estimator(image), wide.kernel_estimator(image))
+        wide.kernel_estimator.global_context_in.weight.normal_(0, 20)
+        corner = lambda m, x: m.kernel_estimator(x)[..., :4, :4]  # noqa: E731  (the top-left 16 x 16 px)
+        # Only GroupNorm's statistics reach the corner from there without the branch: far less than the branch.
+        local_change = (corner(model, image) - corner(model, changed)).abs().max()
+        wide_change = (corner(wide, image) - corner(wide, changed)).abs().max()
+        assert wide_change > 4 * local_change, (wide_change, local_change)  # measured: 6x
+        wide.save_pretrained(tmp_path)
+        loaded = KernelControlNetModel.from_pretrained(tmp_path)
+        assert loaded.config.estimator_global_context is True
+        torch.testing.assert_close(loaded.kernel_estimator(image), wide.kernel_estimator(image), rtol=0, atol=1e-6)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["estimator_global_context"]  # a checkpoint saved before the setting existed
+    assert KernelControlNetModel.from_config(config).kernel_estimator.global_context_in is None
+
+
+@pytest.mark.parametrize("radius, bad, message", [
+    (0, True, "estimator_global_context reads the whole image's gradient autocorrelations: it needs "
+              "estimator_autocorrelation_radius > 0"),
+    (8, "yes", "estimator_global_context must be True or False; got 'yes'"),
+])
+def test_the_global_context_is_checked(radius, bad, message):
+    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, estimator_autocorrelation_radius=radius,
+                                        estimator_global_context=bad)

@@ -198,6 +198,8 @@ def test_the_refit_stage_trains_m_and_t_on_large_crops_after_stage_3(tmp_path):
     assert argv[argv.index("--resolution") + 1] == "192" and "--time_only" not in argv
     assert argv[argv.index("--max_train_steps") + 1] == str(make_tiny.STEPS["refit"])
     assert float(argv[argv.index("--kernel_weight") + 1]) > 0 and float(argv[argv.index("--time_weight") + 1]) > 0
+    assert "--estimator_global_context" not in argv  # tried, not the recipe's (docs/tiny_results.md)
+    assert "--estimator_global_context" in jobs("--refit_global_context")["refit"]["argv"]
     for bad in (["--refit_estimator", "--refit_t"], ["--no_refit_estimator", "--only", "refit"]):
         with pytest.raises(SystemExit):
             make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])

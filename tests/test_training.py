@@ -763,6 +763,23 @@ def test_resume_with_an_empty_rng_file_says_it_is_not_exact(data, tmp_path, capl
     assert "random_states_0.pkl is empty or unreadable" in caplog.text and "no longer exact" in caplog.text
 
 
+def test_estimator_global_context_adds_the_whole_image_branch_to_a_trained_m_and_trains_it(stage_outputs, data,
+                                                                                            tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "refit"
+    train_kernel.main(["--init_from", str(stage_outputs / "kcn" / "pipeline"), *_flags(data, out, steps=2),
+                       "--estimator_global_context", "--kernel_weight", "1", "--learning_rate", "1e-2"])
+    config = json.loads((out / "pipeline" / "kernel_controlnet" / "config.json").read_text())
+    assert config["estimator_global_context"] is True
+    before = load_file(next((stage_outputs / "kcn" / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    after = load_file(next((out / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    added = set(after) - set(before)
+    assert added == {"kernel_estimator.global_context_in.weight", "kernel_estimator.global_context_in.bias"}
+    assert after["kernel_estimator.global_context_in.weight"].abs().max() > 0  # trained away from its zero start
+    assert FideDiffPipeline.from_pretrained(out / "pipeline").kernel_controlnet.config.estimator_global_context
+
+
 def test_time_only_refits_t_and_leaves_everything_else_as_it_was(stage_outputs, data, tmp_path):
     from safetensors.torch import load_file
 

@@ -322,7 +322,8 @@ def stage_plan(args, work: Path) -> list[dict]:
                          argv=[*common_flags(args, work, "refit", s["refit"]), "--init_from", str(work / "kcn_result"),
                                "--resolution", "192", "--train_batch_size", "4", "--levels_per_group", "3",
                                "--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
-                               "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0", "--time_weight", "10"]))
+                               "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0", "--time_weight", "10",
+                               *(["--estimator_global_context"] if args.refit_global_context else [])]))
     if not args.refit_t:
         return plan
     # Not in the paper, off by default: stage 3 also changes M (its restoration, reblur and time losses reach M), so
@@ -573,6 +574,9 @@ def parse_args(argv=None):
                         "unless --refit_t)")
     p.add_argument("--no_refit_estimator", dest="refit_estimator", action="store_false",
                    help="end the recipe with stage 3 (or --refit_t's time stage), as rounds 1-4 did")
+    p.add_argument("--refit_global_context", action="store_true",
+                   help="the refit adds M's whole-image branch (train_kernel.py --estimator_global_context; not in "
+                        "the paper) and trains it with the rest of M")
     p.add_argument("--opencv_examples", type=str, default=str(OPENCV_EXAMPLES),
                    help="Debian opencv-doc's examples folder: OPENCV_PHOTOS are trained on from there")
     p.add_argument("--no_opencv_photos", dest="opencv_photos", action="store_false",

@@ -39,6 +39,10 @@ def parse_args(argv=None):
     parser.add_argument("--autocorrelation_window", type=int, default=None,
                         help="of a NEW Kernel ControlNet: the side in px of the window M's gradient autocorrelations "
                              "are averaged over (default: the preset's, 16)")
+    parser.add_argument("--estimator_global_context", action="store_true",
+                        help="give M a branch that reads the gradient autocorrelations of its whole input (not in the "
+                             "paper; added, starting at zero, to a loaded M that has none; needs the autocorrelation "
+                             "features)")
     add_reblur_args(parser)
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
@@ -115,6 +119,13 @@ class KernelStage(common.Stage):
         self.pipe = common.load_pipeline(args, with_kernel_controlnet=True)
         common.validate_common_args(args, self.pipe.vae_scale_factor)
         kcn = self.pipe.kernel_controlnet
+        if args.estimator_global_context:
+            if not kcn.config.estimator_autocorrelation_radius:
+                raise SystemExit("error: --estimator_global_context needs M's autocorrelation features; this Kernel "
+                                 "ControlNet has estimator_autocorrelation_radius 0 (pass --autocorrelation_radius "
+                                 "> 0 for a new one)")
+            kcn = kcn.with_estimator_global_context()
+            self.pipe.register_modules(kernel_controlnet=kcn)
         self.kernel_size = kcn.config.kernel_size
         common.freeze(self.pipe.vae, self.pipe.unet, self.pipe.prompt_embedding, kcn)
         if args.time_only:

@@ -55,7 +55,7 @@ def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_ch
                                    num_train_timesteps, kernel_stride: int = 1,
                                    estimator_autocorrelation_radius: int = 0,
                                    estimator_autocorrelation_window: int = 16,
-                                   kernel_input_scale: float = 1.0) -> None:
+                                   kernel_input_scale: float = 1.0, estimator_global_context: bool = False) -> None:
     """Refuse a configuration that cannot be built, in one line that names the setting (not deep in GroupNorm).
 
     The kernel estimator normalises each level and each skip join (two neighbouring levels concatenated) with
@@ -88,6 +88,11 @@ def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_ch
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise ValueError(f"estimator_autocorrelation_radius must be 0 (off) or a positive int; got {radius!r}")
     _check_positive_int("estimator_autocorrelation_window", estimator_autocorrelation_window)
+    if not isinstance(estimator_global_context, bool):
+        raise ValueError(f"estimator_global_context must be True or False; got {estimator_global_context!r}")
+    if estimator_global_context and radius == 0:
+        raise ValueError("estimator_global_context reads the whole image's gradient autocorrelations: it needs "
+                         "estimator_autocorrelation_radius > 0 (got 0)")
     if (isinstance(kernel_input_scale, bool) or not isinstance(kernel_input_scale, (int, float))
             or not math.isfinite(kernel_input_scale) or kernel_input_scale <= 0):
         raise ValueError(f"kernel_input_scale must be a positive number (1.0: the kernel map as M gives it); "
@@ -126,7 +131,8 @@ class GradientAutocorrelation(nn.Module):
     For every offset ``(dy, dx)`` of a polar set over half a turn (the other half mirrors it), the product
     ``g(p) . g(p + d)`` of the grey image's gradient vectors is averaged over ``window x window`` pixels around each
     block of ``stride`` pixels and divided by the same average at offset 0 (contrast-invariant). Returns
-    ``[B, num_offsets, ceil(H / stride), ceil(W / stride)]``; no gradient is needed through it.
+    ``[B, num_offsets, ceil(H / stride), ceil(W / stride)]``; no gradient is needed through it. With
+    ``with_whole_image=True`` it also returns the same ratios over the whole image, ``[B, num_offsets]``.
     """
 
     DISTANCES = (1, 2, 3, 4, 6, 8, 11, 14, 18, 23)
@@ -149,8 +155,9 @@ class GradientAutocorrelation(nn.Module):
     def num_features(self) -> int:
         return len(self.offsets)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``image`` ``[B, C, H, W]`` -> ``[B, num_features, ceil(H / stride), ceil(W / stride)]`` (float32)."""
+    def forward(self, image: torch.Tensor, with_whole_image: bool = False):
+        """``image`` ``[B, C, H, W]`` -> ``[B, num_features, ceil(H / stride), ceil(W / stride)]`` (float32), and
+        with ``with_whole_image`` also ``[B, num_features]``: the ratios of the whole image's sums."""
         h, w = image.shape[-2:]
         s, r, cells = self.stride, self.radius, self.window // self.stride
         grey = image.float().mean(dim=1, keepdim=True)
@@ -168,11 +175,16 @@ class GradientAutocorrelation(nn.Module):
 
         blocks = torch.cat([block_mean(centre)] + [block_mean(padded[..., dy : dy + rows, r + dx : r + dx + cols])
                                                    for dy, dx in self.offsets], dim=1)
+        # The padding adds zeros to every sum alike, so the ratio of the means over all blocks is the image's own.
+        whole = blocks.mean(dim=(-2, -1)) if with_whole_image else None
         # ... then over `cells x cells` blocks around it: a window of about `window` pixels, for a steadier estimate.
         if cells > 1:
             blocks = F.avg_pool2d(blocks, cells, stride=1, padding=cells // 2, count_include_pad=False)
             blocks = blocks[..., :out_h, :out_w]
-        return blocks[:, 1:] / (blocks[:, :1] + 1e-8)
+        local = blocks[:, 1:] / (blocks[:, :1] + 1e-8)
+        if whole is None:
+            return local
+        return local, whole[:, 1:] / (whole[:, :1] + 1e-8)
 
 
 class KernelEstimator(nn.Module):
@@ -182,10 +194,16 @@ class KernelEstimator(nn.Module):
     layer starts as a near-identity kernel (a strong bias on the centre tap) so that early training is stable.
     With ``output_stride = s > 1`` the decoder stops ``log2(s)`` levels early: one kernel per ``s x s`` block
     (blur varies slowly over a photo; the ``m*m``-channel maps at full resolution cost more than the rest of M).
+
+    With ``global_context`` (not in the paper; needs the autocorrelation features) every position also reads the
+    gradient autocorrelations of the whole input: how long a blur is shows far more clearly over a large area than
+    in the ~50 px each position sees (`train/probe_kernel_cue.py --length`), and camera shake blurs a whole photo
+    alike. The branch starts at zero, so adding it to a trained ``M`` leaves its kernels unchanged.
     """
 
     def __init__(self, kernel_size: int, block_channels: tuple[int, ...] = (32, 64, 128), in_channels: int = 3,
-                 output_stride: int = 1, autocorrelation_radius: int = 0, autocorrelation_window: int = 16):
+                 output_stride: int = 1, autocorrelation_radius: int = 0, autocorrelation_window: int = 16,
+                 global_context: bool = False):
         super().__init__()
         self.kernel_size = kernel_size
         self.output_stride = output_stride
@@ -209,6 +227,13 @@ class KernelEstimator(nn.Module):
             channels = block_channels[out_level]
             self.autocorrelation_in = nn.Conv2d(self.autocorrelation.num_features, channels, 1)
             self.autocorrelation_block = _ResBlock(2 * channels, channels)
+        self.global_context_in = None
+        if global_context:
+            if self.autocorrelation is None:
+                raise ValueError("global_context needs the autocorrelation features (autocorrelation_radius > 0)")
+            self.global_context_in = nn.Linear(self.autocorrelation.num_features, block_channels[out_level])
+            nn.init.zeros_(self.global_context_in.weight)
+            nn.init.zeros_(self.global_context_in.bias)
         self.norm_out = _group_norm(block_channels[out_level])
         # 1x1 at a coarse output: each position already sees ~100 px, and a 3x3 conv into m*m channels would be
         # most of M's cost.
@@ -240,7 +265,12 @@ class KernelEstimator(nn.Module):
             x = block(torch.cat([x, skip], dim=1))
         s = self.output_stride
         if self.autocorrelation is not None:
-            features = self.autocorrelation_in(self.autocorrelation(image).to(x.dtype))
+            if self.global_context_in is None:
+                features = self.autocorrelation_in(self.autocorrelation(image).to(x.dtype))
+            else:
+                local, whole = self.autocorrelation(image, with_whole_image=True)
+                features = self.autocorrelation_in(local.to(x.dtype))
+                features = features + self.global_context_in(whole.to(x.dtype))[..., None, None]
             x = x[..., : features.shape[-2], : features.shape[-1]]
             x = self.autocorrelation_block(torch.cat([x, features], dim=1))
         logits = self.conv_out(F.silu(self.norm_out(x)))[..., : -(-h // s), : -(-w // s)]
@@ -360,6 +390,9 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         kernel_input_scale (`float`): multiplier of the kernel map fed to ``F``'s embedding (`KernelFilterModule`):
             1.0 (the paper's; the default, and configs saved before it existed) or e.g. ``m**2`` (not in the paper),
             which brings per-pixel kernels, whose taps sum to 1, to inputs of order one.
+        estimator_global_context (`bool`): False (the default, and configs saved before it existed) or True (not
+            in the paper): ``M`` also reads the gradient autocorrelations of its whole input
+            (`KernelEstimator`'s ``global_context``); needs ``estimator_autocorrelation_radius > 0``.
 
     Example:
         >>> from diffusers import UNet2DConditionModel
@@ -386,11 +419,12 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         estimator_autocorrelation_radius: int = 0,
         estimator_autocorrelation_window: int = 16,
         kernel_input_scale: float = 1.0,
+        estimator_global_context: bool = False,
     ):
         super().__init__()
         check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
                                        num_train_timesteps, kernel_stride, estimator_autocorrelation_radius,
-                                       estimator_autocorrelation_window, kernel_input_scale)
+                                       estimator_autocorrelation_window, kernel_input_scale, estimator_global_context)
         kernel_channels = kernel_size * kernel_size
         self.controlnet = ControlNetModel.from_config(controlnet_config)
         latent_feature_channels = self.controlnet.conv_in.out_channels
@@ -398,7 +432,8 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         self.controlnet.controlnet_cond_embedding = nn.Identity()
         self.kernel_estimator = KernelEstimator(kernel_size, tuple(estimator_channels), output_stride=kernel_stride,
                                                 autocorrelation_radius=estimator_autocorrelation_radius,
-                                                autocorrelation_window=estimator_autocorrelation_window)
+                                                autocorrelation_window=estimator_autocorrelation_window,
+                                                global_context=estimator_global_context)
         self.timestep_regressor = TimestepRegressor(kernel_channels, regressor_channels, num_train_timesteps)
         self.kernel_filter = KernelFilterModule(kernel_channels, latent_feature_channels, kernel_embedding_channels,
                                                 kernel_stride, kernel_input_scale)
@@ -419,6 +454,18 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
         model.controlnet.load_state_dict(state, strict=True)
         return model if unet.dtype == torch.float32 else model.to(dtype=unet.dtype)
+
+    def with_estimator_global_context(self) -> "KernelControlNetModel":
+        """This model with ``M``'s whole-image branch added (``estimator_global_context=True``), every other weight
+        copied. The branch starts at zero, so the new model's outputs equal this one's until it is trained (the
+        model itself if it already has the branch)."""
+        if self.config.get("estimator_global_context", False):
+            return self
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        model = type(self)(**{**config, "estimator_global_context": True})
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("kernel_estimator.global_context_in.") for k in missing), missing
+        return model.to(self.device) if self.dtype == torch.float32 else model.to(device=self.device, dtype=self.dtype)
 
     @property
     def kernel_size(self) -> int:
