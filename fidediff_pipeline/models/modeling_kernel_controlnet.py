@@ -266,10 +266,11 @@ class KernelEstimator(nn.Module):
         s = self.output_stride
         if self.autocorrelation is not None:
             if self.global_context_in is None:
-                features = self.autocorrelation_in(self.autocorrelation(image).to(x.dtype))
+                local, whole = self.autocorrelation(image), None
             else:
                 local, whole = self.autocorrelation(image, with_whole_image=True)
-                features = self.autocorrelation_in(local.to(x.dtype))
+            features = self.autocorrelation_in(local.to(x.dtype))
+            if whole is not None:
                 features = features + self.global_context_in(whole.to(x.dtype))[..., None, None]
             x = x[..., : features.shape[-2], : features.shape[-1]]
             x = self.autocorrelation_block(torch.cat([x, features], dim=1))
