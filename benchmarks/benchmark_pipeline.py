@@ -176,7 +176,7 @@ def time_components(pipe: FideDiffPipeline, width: int, height: int, upscale: in
     if kcn is not None:
         kernels = kcn.kernel_estimator(x)
         components["kernel_estimator"] = time_call(lambda: kcn.kernel_estimator(x), device, 1, repeats)["median_s"]
-        components["timestep_regressor"] = time_call(lambda: kcn.timestep_regressor(kernels), device, 1,
+        components["timestep_regressor"] = time_call(lambda: kcn.timestep_regressor(kernels, x), device, 1,
                                                      repeats)["median_s"]
 
         def filter_call():

@@ -116,7 +116,7 @@ def sample_kernels(pipe, image, grid: tuple[int, int] | None = None, crop: int =
         # Pick each window's kernel on the device: copying whole kernel maps to the CPU is what takes time.
         picked.append(kernels[torch.arange(len(dy), device=device), :, dy, dx].float().cpu())
         if regressor is not None:
-            timesteps.append(regressor(kernels).float().reshape(-1).cpu())
+            timesteps.append(regressor(kernels, batch).float().reshape(-1).cpu())
     m = kcn.config.kernel_size
     grid_kernels = torch.cat(picked).reshape(len(ys), len(xs), m, m).numpy().astype(np.float32)
     if not return_timesteps:

@@ -3,6 +3,7 @@ import json
 import pytest
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fidediff_pipeline import FideDiffPipeline, KernelControlNetModel
 from fidediff_pipeline.presets import build_unet
@@ -276,3 +277,76 @@ def test_the_global_context_is_checked(radius, bad, message):
     with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
         KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, estimator_autocorrelation_radius=radius,
                                         estimator_global_context=bad)
+
+
+def test_the_fft_whole_image_autocorrelations_match_the_direct_sums():
+    """`whole_image_gradient_autocorrelation` (two FFTs) gives the direct sums' ratios, pairs leaving the image
+    counting as zero, also at offsets nearly as long as the image (no wrap-around), for every image of a batch."""
+    from fidediff_pipeline.models.modeling_kernel_controlnet import (GradientAutocorrelation, polar_offsets,
+                                                                     whole_image_gradient_autocorrelation)
+
+    torch.manual_seed(1)
+    image = torch.rand(2, 3, 21, 34) * 2 - 1
+    offsets = polar_offsets(range(1, 20), 16)
+    assert len(offsets) == len(set(offsets)) and (0, 0) not in offsets
+    assert not any((-dy, -dx) in offsets for dy, dx in offsets)
+    ratios = whole_image_gradient_autocorrelation(image, offsets)
+    assert ratios.shape == (2, len(offsets)) and ratios.dtype == torch.float32
+    for b in range(2):
+        grey = image[b].double().mean(dim=0).numpy()
+        gx, gy = np.zeros_like(grey), np.zeros_like(grey)
+        gx[:, :-1], gy[:-1, :] = np.diff(grey, axis=1), np.diff(grey, axis=0)
+        h, w = grey.shape
+
+        def product_sum(dy, dx):
+            a = (slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0)))
+            c = (slice(max(dy, 0), h - max(-dy, 0)), slice(max(dx, 0), w - max(-dx, 0)))
+            return float((gx[a] * gx[c] + gy[a] * gy[c]).sum())
+
+        expected = [product_sum(dy, dx) / product_sum(0, 0) for dy, dx in offsets]
+        np.testing.assert_allclose(ratios[b].numpy(), expected, rtol=1e-4, atol=1e-6)
+    # The local features' whole-image ratios are the same quantity.
+    features = GradientAutocorrelation(radius=6, stride=4)
+    _, whole = features(image, with_whole_image=True)
+    torch.testing.assert_close(whole_image_gradient_autocorrelation(image, features.offsets), whole,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_the_regressor_context_branch_starts_at_zero_reads_the_whole_image_and_round_trips(tmp_path):
+    """``with_regressor_global_context``: the same t until the branch is trained; once it has weights, T's t
+    depends on the image's blur (a longer blur, a different t) and on nothing else passed; saved and loaded with
+    its radius; a config saved before the setting existed loads without the branch."""
+    torch.manual_seed(0)
+    model = KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, estimator_channels=(16, 32, 64),
+                                            kernel_stride=4)
+    assert model.config.regressor_global_context_radius == 0 and model.timestep_regressor.global_context_in is None
+    wide = model.with_regressor_global_context(12)
+    assert wide.config.regressor_global_context_radius == 12 and wide.with_regressor_global_context(12) is wide
+    assert len(wide.timestep_regressor.global_context_offsets) > 12 * 8  # 16 directions, every distance to 12
+    sharp = torch.rand(1, 1, 96, 96).repeat(1, 3, 1, 1) * 2 - 1
+    blurred = F.avg_pool2d(F.pad(sharp, (5, 5, 0, 0), mode="replicate"), (1, 11), stride=1)  # 11 px horizontal
+    with torch.no_grad():
+        for x in (sharp, blurred):
+            assert torch.equal(model(image=x).predicted_timestep, wide(image=x).predicted_timestep)
+        for p in wide.timestep_regressor.global_context_in.parameters():
+            p.normal_(0, 0.5)
+        t_sharp, t_blurred = (float(wide(image=x).predicted_timestep) for x in (sharp, blurred))
+        assert abs(t_sharp - t_blurred) > 1.0, (t_sharp, t_blurred)
+        kernels = wide.kernel_estimator(sharp)
+        # Same kernels, different image: only the branch can tell them apart.
+        assert float(wide.timestep_regressor(kernels, blurred)) == pytest.approx(t_blurred, abs=0.5)
+        with pytest.raises(ValueError, match="reads the whole image too .* pass the image the kernels were estimated"):
+            wide.timestep_regressor(kernels)
+        wide.save_pretrained(tmp_path)
+        loaded = KernelControlNetModel.from_pretrained(tmp_path)
+        assert loaded.config.regressor_global_context_radius == 12
+        assert float(loaded(image=blurred).predicted_timestep) == pytest.approx(t_blurred, abs=1e-3)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["regressor_global_context_radius"]  # a checkpoint saved before the setting existed
+    assert KernelControlNetModel.from_config(config).timestep_regressor.global_context_in is None
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2.5, "8"])
+def test_the_regressor_context_radius_is_checked(bad):
+    with pytest.raises(ValueError, match="regressor_global_context_radius must be 0 \\(off\\) or a positive int"):
+        KernelControlNetModel.from_unet(build_unet("tiny"), kernel_size=5, regressor_global_context_radius=bad)

@@ -205,6 +205,43 @@ def test_the_refit_stage_trains_m_and_t_on_large_crops_after_stage_3(tmp_path):
             make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
 
 
+def test_the_t_context_stage_refits_t_alone_with_its_whole_image_branch(tmp_path, capsys):
+    def jobs(*extra):
+        args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])
+        return [job["name"] for job in make_tiny.stage_plan(args, tmp_path)], make_tiny.stage_plan(args, tmp_path)
+
+    names, plan = jobs()  # the default recipe ends with it
+    assert names[-2:] == ["refit", "t_context"] and jobs("--t_context")[0] == names
+    assert jobs("--no_t_context")[0][-1] == "refit"
+    assert "t_context" not in jobs("--no_refit_estimator")[0] and "t_context" not in jobs("--refit_t")[0]
+    job = plan[-1]
+    argv = job["argv"]
+    assert job["script"] == "train_kernel" and job["needs"] == ("refit",)
+    assert argv[argv.index("--init_from") + 1] == str(tmp_path / "refit" / "pipeline")
+    assert "--time_only" in argv and argv[argv.index("--resolution") + 1] == "256"
+    assert argv[argv.index("--regressor_global_context_radius") + 1] == str(make_tiny.T_CONTEXT_RADIUS)
+    assert argv[argv.index("--max_train_steps") + 1] == str(make_tiny.STEPS["t_context"])
+    # From a finished pipeline (e.g. the previous bundled checkpoint): that stage alone, from there.
+    start = tmp_path / "previous"
+    start.mkdir()
+    (start / "model_index.json").write_text("{}")
+    names, plan = jobs("--t_context_from", str(start), "--t_context_radius", "24", "--steps", "t_context=40",
+                       "--t_context_frames", "5", "7", "9")
+    argv = plan[0]["argv"]
+    assert argv[argv.index("--frames", argv.index("--time_only")) + 1:][:3] == ["5", "7", "9"]  # later flags win
+    assert names == ["t_context"] and plan[0]["needs"] == ()
+    assert argv[argv.index("--init_from") + 1] == str(start)
+    assert argv[argv.index("--regressor_global_context_radius") + 1] == "24"
+    assert argv[argv.index("--max_train_steps") + 1] == "40"
+    for bad, message in ((["--t_context", "--no_refit_estimator"], "--t_context follows the refit stage"),
+                         (["--t_context_from", str(tmp_path / "nothing")], "--t_context_from takes a saved pipeline"),
+                         (["--t_context", "--t_context_radius", "0"], "--t_context_radius must be >= 1"),
+                         (["--no_t_context", "--only", "t_context"], "--only t_context needs --t_context")):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
+        assert message in capsys.readouterr().err
+
+
 def test_the_length_probe_refuses_crops_the_photos_cannot_give(capsys):
     from train import probe_kernel_cue
 

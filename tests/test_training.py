@@ -794,3 +794,27 @@ def test_time_only_refits_t_and_leaves_everything_else_as_it_was(stage_outputs, 
     assert set(_summary(out)) >= {"time", "t_mae"} and "reblur" not in _summary(out)
     with pytest.raises(SystemExit):
         train_kernel.parse_args(["--init_from", "x", "--time_only"])  # no --time_weight: refused
+
+
+def test_time_only_with_the_regressor_context_adds_t_s_whole_image_branch_and_trains_only_t(stage_outputs, data,
+                                                                                             tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "time_context"
+    train_kernel.main(["--init_from", str(stage_outputs / "kcn" / "pipeline"), *_flags(data, out, steps=3),
+                       "--time_weight", "1", "--time_only", "--regressor_global_context_radius", "8",
+                       "--learning_rate", "1e-2"])
+    config = json.loads((out / "pipeline" / "kernel_controlnet" / "config.json").read_text())
+    assert config["regressor_global_context_radius"] == 8
+    before = load_file(next((stage_outputs / "kcn" / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    after = load_file(next((out / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    added = set(after) - set(before)
+    assert added == {f"timestep_regressor.global_context_in.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+    assert after["timestep_regressor.global_context_in.2.weight"].abs().max() > 0  # trained away from its zero start
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert all(k.startswith("timestep_regressor.") for k in changed), sorted(changed)[:5]
+    pipe = FideDiffPipeline.from_pretrained(out / "pipeline")
+    assert pipe.kernel_controlnet.config.regressor_global_context_radius == 8
+    with pytest.raises(SystemExit):
+        train_kernel.parse_args(["--init_from", "x", "--output_dir", "y", "--regressor_global_context_radius", "-1"])
+    assert "--regressor_global_context_radius must be >= 0 (0 = off); got -1" in capsys.readouterr().err

@@ -252,7 +252,7 @@ def trajectory_kernel_lengths(pipe, pairs) -> dict:
 def learning_curves(work_dir: Path) -> dict:
     """``{stage: [{"step", "minutes", gains...}]}`` from each stage's validation history (if the run is here)."""
     curves = {}
-    for stage in ("base", "base_noct", "kernel", "kcn", "time", "refit"):
+    for stage in ("base", "base_noct", "kernel", "kcn", "time", "refit", "t_context"):
         path = work_dir / stage / "validation_history.json"
         if path.is_file():
             curves[stage] = [{"step": h["step"], "minutes": round(h["seconds"] / 60, 1), **h["val"]}

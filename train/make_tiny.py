@@ -32,14 +32,20 @@
     # seed; stage 2 is round 2's; stage 3 and the refit as round 5's
     python train/make_tiny.py --work_dir runs/make_tiny10 --init_base_from runs/make_tiny8/base/pipeline \
         --base_seed 5 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation
-    # round 7 (this checkpoint): stage 1 continued from round 6's final stage-1 pipeline with a seventh seed; stage 2
+    # round 7: stage 1 continued from round 6's final stage-1 pipeline with a seventh seed; stage 2
     # is round 2's; stage 3 with F fed kernels times m**2 and half of its crops their true kernel (now the
     # defaults); the refit as round 5's
     python train/make_tiny.py --work_dir runs/make_tiny12 --init_base_from runs/make_tiny10/base/pipeline \
         --base_seed 6 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation \
         --kernel_input_scale m2 --kcn_controlnet_kernels mix
+    # round 7 + t_context (this checkpoint): round 7's result (commit 9e9b482's checkpoint, copied to
+    # runs/round7) with T's whole-image branch added and T alone trained on 256 px crops, twice (the second run
+    # continues from the first's export with the next seed: fresh crops, trajectories and dead-leaves images)
+    python train/make_tiny.py --work_dir runs/tctx --t_context_from runs/round7 --export_dir runs/tctx_export
+    python train/make_tiny.py --work_dir runs/tctx2 --t_context_from runs/tctx_export --seed 1
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them;
-    # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated)
+    # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated;
+    # rounds 5-7 before the t_context stage: add --no_t_context)
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
@@ -68,7 +74,11 @@ Steps (all deterministic given ``--seed`` and the device):
 4. unless ``--no_refit_estimator`` (not in the paper; the bundled checkpoint's recipe): M and T trained again, alone,
    on 192 px crops after stage 3 (the ``refit`` stage), where a blur's length shows far better than in stage 2's
    96 px and stage 3's 64 px crops.
-5. every stage validates on the held-out set and keeps its best pipeline (``best_pipeline``); the last stage's
+5. unless ``--no_t_context`` (not in the paper; the bundled checkpoint's recipe since round 7): T alone again, M and
+   everything else frozen, with a branch that reads the whole image's gradient autocorrelations, on 256 px crops
+   (the ``t_context`` stage): a blur's level shows over a whole photo far better than in M's kernels
+   (``train/probe_timestep_cue.py``).
+6. every stage validates on the held-out set and keeps its best pipeline (``best_pipeline``); the last stage's
    pipeline (best, or final with ``--keep_final``) is copied to ``--export_dir``; the learning curves are in
    ``<stage>/validation_history.json``.
 
@@ -140,7 +150,11 @@ UPSCALE = 1
 
 # Steps per stage at --steps_scale 1 (about 2 hours on this 2-core machine, of which stage 3 is ~40 min; see
 # docs/tiny_results.md).
-STEPS = {"vae": 2500, "base": 2100, "kernel": 2500, "kcn": 1600, "time": 1500, "refit": 300, "base_noct": 800}
+STEPS = {"vae": 2500, "base": 2100, "kernel": 2500, "kcn": 1600, "time": 1500, "refit": 300, "base_noct": 800,
+         "t_context": 1500}
+# Reach in px of the whole-image gradient autocorrelations the t-regressor reads after the t_context stage (the
+# longest blur paths are ~24 px at n = 15; offsets to 32 px cost no more: they come from two FFTs).
+T_CONTEXT_RADIUS = 32
 
 
 def photo_label(source_name) -> str:
@@ -244,6 +258,8 @@ def common_flags(args, work: Path, stage: str, steps: int, validations: int = 8)
 def stage_plan(args, work: Path) -> list[dict]:
     """Every training run: name, script, argv, the stages it needs and its torch threads, in priority order."""
     s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()}
+    if args.t_context_from:  # the t_context stage alone, from a finished pipeline (e.g. a bundled checkpoint)
+        return [t_context_job(args, work, s["t_context"], Path(args.t_context_from), ())]
     both = args.threads  # a stage that runs alone
     one = max(args.threads // args.parallel, 1)  # two stages side by side get half each
     vae = work / "vae" / "pipeline"
@@ -324,6 +340,8 @@ def stage_plan(args, work: Path) -> list[dict]:
                                "--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
                                "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0", "--time_weight", "10",
                                *(["--estimator_global_context"] if args.refit_global_context else [])]))
+    if args.t_context:
+        plan.append(t_context_job(args, work, s["t_context"], stage_result(work, "refit", args.keep_final), ("refit",)))
     if not args.refit_t:
         return plan
     # Not in the paper, off by default: stage 3 also changes M (its restoration, reblur and time losses reach M), so
@@ -337,6 +355,22 @@ def stage_plan(args, work: Path) -> list[dict]:
                            "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "50",
                            "--time_weight", "1", "--time_only"]))
     return plan
+
+
+def t_context_job(args, work: Path, steps: int, start: Path, needs: tuple) -> dict:
+    """Not in the paper: T alone again, M and everything else frozen, with a branch that reads the gradient
+    autocorrelations of the whole image (``regressor_global_context_radius``), on 256 px crops (about the whole
+    training photos). T read from M's kernels alone predicts long blurs short: probed on whole held-out photos
+    (``train/probe_timestep_cue.py``), the whole image's autocorrelations carry more of a blur's length than M's
+    kernels, and more training samples keep helping, so each step draws fresh crops and trajectories (one level
+    per trajectory)."""
+    return dict(name="t_context", script="train_kernel", needs=needs, threads=args.threads,
+                argv=[*common_flags(args, work, "t_context", steps), "--init_from", str(start),
+                      "--resolution", "256", "--train_batch_size", "8", "--levels_per_group", "1",
+                      "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "50",
+                      "--time_weight", "1", "--time_only",
+                      "--regressor_global_context_radius", str(args.t_context_radius),
+                      *(["--frames", *map(str, args.t_context_frames)] if args.t_context_frames else [])])
 
 
 def copy_kcn_result(work: Path, keep_final=()) -> Path:
@@ -484,7 +518,8 @@ A **tiny CPU demo model, not the paper's**: the FideDiff method (one-step consis
 with a Kernel ControlNet and t-prediction) at the size of the project's `tiny` preset (a few million parameters, a
 factor-2 AutoencoderTiny (TAESD architecture) with 12 latent channels, a UNet without self-attention and one
 blur kernel per 4x4 pixels from a kernel estimator that also reads the local autocorrelation of the image's
-gradients, which is not in the paper), trained on a 2-core CPU by
+gradients, and a t-regressor that also reads the whole image's gradient autocorrelations, both not in the paper),
+trained on a 2-core CPU by
 `python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn), 23 photos of OpenCV's sample data
 (Debian's opencv-doc) and 16 procedural dead-leaves images with synthetic hand-held camera-shake blur (240 fps frames averaged, n = 5-15). Expect modest sharpening of mild
 motion blur on small photos, not the paper's quality; it exists so that the demo, the CLI and the tests run offline.
@@ -577,6 +612,19 @@ def parse_args(argv=None):
     p.add_argument("--refit_global_context", action="store_true",
                    help="the refit adds M's whole-image branch (train_kernel.py --estimator_global_context; not in "
                         "the paper) and trains it with the rest of M")
+    p.add_argument("--t_context", dest="t_context", action="store_true", default=None,
+                   help="after the refit, train T alone again with a branch that reads the whole image's gradient "
+                        "autocorrelations ('t_context' stage; export its result; not in the paper; default: on "
+                        "when the refit runs)")
+    p.add_argument("--no_t_context", dest="t_context", action="store_false",
+                   help="end the recipe with the refit, as rounds 5-7 did")
+    p.add_argument("--t_context_radius", type=int, default=T_CONTEXT_RADIUS,
+                   help="reach in px of those autocorrelations (train_kernel.py --regressor_global_context_radius)")
+    p.add_argument("--t_context_frames", type=int, nargs="+", default=None,
+                   help="blur levels n the t_context stage trains on (default: the recipe's, 5 ... 15)")
+    p.add_argument("--t_context_from", type=str, default=None,
+                   help="run only the t_context stage, from this saved pipeline (e.g. a previous checkpoint), and "
+                        "export its result")
     p.add_argument("--opencv_examples", type=str, default=str(OPENCV_EXAMPLES),
                    help="Debian opencv-doc's examples folder: OPENCV_PHOTOS are trained on from there")
     p.add_argument("--no_opencv_photos", dest="opencv_photos", action="store_false",
@@ -598,6 +646,18 @@ def parse_args(argv=None):
         args.refit_estimator = not args.refit_t
     if args.only and "refit" in args.only and not args.refit_estimator:
         p.error("--only refit needs the refit stage (drop --no_refit_estimator)")
+    if args.t_context_from:
+        if not Path(args.t_context_from, "model_index.json").is_file():
+            p.error(f"--t_context_from takes a saved pipeline folder (with model_index.json); got {args.t_context_from!r}")
+        args.t_context = True
+    if args.t_context and not args.refit_estimator and not args.t_context_from:
+        p.error("--t_context follows the refit stage: drop --no_refit_estimator / --refit_t, or give --t_context_from")
+    if args.t_context is None:
+        args.t_context = args.refit_estimator
+    if args.t_context_radius < 1:
+        p.error(f"--t_context_radius must be >= 1 (pixels); got {args.t_context_radius}")
+    if args.only and "t_context" in args.only and not args.t_context:
+        p.error("--only t_context needs --t_context")
     if set(args.steps) - set(STEPS):
         p.error(f"--steps: unknown stage(s) {sorted(set(args.steps) - set(STEPS))}; stages: {sorted(STEPS)}")
     if args.opencv_photos:
@@ -644,7 +704,8 @@ def main(argv=None):
     if args.only:
         logger.info("stages %s done (--only: no export)", args.only)
         return {"stage_minutes": timings}
-    final_stage = "refit" if args.refit_estimator else "time" if args.refit_t else "kcn"
+    final_stage = ("t_context" if args.t_context else "refit" if args.refit_estimator else "time" if args.refit_t
+                   else "kcn")
     export_checkpoint(stage_result(work, final_stage, args.keep_final), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -661,7 +722,9 @@ def main(argv=None):
                # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
                "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
-               "refit_estimator": args.refit_estimator,
+               "refit_estimator": args.refit_estimator, "t_context": args.t_context,
+               "t_context_radius": args.t_context_radius if args.t_context else None,
+               "t_context_from": args.t_context_from,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,
                "kcn_controlnet_kernels": args.kcn_controlnet_kernels,
                "kcn_true_kernel_fraction": args.kcn_true_kernel_fraction,

@@ -101,7 +101,7 @@ class KCNStageModel(nn.Module):
         unet_timesteps = timesteps
         if args.unet_timestep == "predicted" or args.controlnet_kernels != "estimated":
             kernels = self.kernel_controlnet.kernel_estimator(x)
-            predicted = self.kernel_controlnet.timestep_regressor(kernels)
+            predicted = self.kernel_controlnet.timestep_regressor(kernels, x)
         if args.unet_timestep == "predicted":
             unet_timesteps = inference_timesteps(predicted, len(self.alphas_cumprod))
         estimated = kernels

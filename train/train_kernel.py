@@ -43,6 +43,10 @@ def parse_args(argv=None):
                         help="give M a branch that reads the gradient autocorrelations of its whole input (not in the "
                              "paper; added, starting at zero, to a loaded M that has none; needs the autocorrelation "
                              "features)")
+    parser.add_argument("--regressor_global_context_radius", type=int, default=None,
+                        help="give T a branch that reads the gradient autocorrelations of its whole input image at "
+                             "offsets up to this many px (not in the paper; added, starting at zero, to a loaded T "
+                             "without one; 0 removes it; default: keep the loaded T's)")
     add_reblur_args(parser)
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
@@ -63,6 +67,8 @@ def parse_args(argv=None):
         parser.error(f"--kernel_size must be odd and >= 1; got {args.kernel_size}")
     if args.autocorrelation_radius is not None and args.autocorrelation_radius < 0:
         parser.error(f"--autocorrelation_radius must be >= 0 (0 = off); got {args.autocorrelation_radius}")
+    if args.regressor_global_context_radius is not None and args.regressor_global_context_radius < 0:
+        parser.error(f"--regressor_global_context_radius must be >= 0 (0 = off); got {args.regressor_global_context_radius}")
     if args.autocorrelation_window is not None and args.autocorrelation_window < 1:
         parser.error(f"--autocorrelation_window must be >= 1 (pixels); got {args.autocorrelation_window}")
     return args
@@ -88,14 +94,16 @@ class KernelStageModel(nn.Module):
         if self.time_only:  # M frozen: T alone learns to read its kernels
             from fidediff_pipeline.losses import time_regression_loss
 
+            image = common.to_model_range(blurry)
             with torch.no_grad():
-                kernels = self.kernel_estimator(common.to_model_range(blurry))
+                kernels = self.kernel_estimator(image)
             timesteps = batch["timesteps"].to(device)
-            predicted = self.timestep_regressor(kernels)
+            predicted = self.timestep_regressor(kernels, image)
             t_loss = time_regression_loss(predicted, timesteps)
             return {"loss": self.time_weight * t_loss, "time": t_loss.detach(),
                     "t_mae": (predicted.detach() - timesteps.float()).abs().mean()}
-        kernels = self.kernel_estimator(common.to_model_range(blurry))
+        image = common.to_model_range(blurry)
+        kernels = self.kernel_estimator(image)
         reblur = reblur_loss(sharp, blurry, kernels, self.reblur_space)
         supervision, logs = common.kernel_supervision_terms(kernels, batch, self)  # self has the two weights
         loss = reblur + supervision
@@ -104,7 +112,7 @@ class KernelStageModel(nn.Module):
             from fidediff_pipeline.losses import time_regression_loss
 
             timesteps = batch["timesteps"].to(device)
-            predicted = self.timestep_regressor(kernels.detach())
+            predicted = self.timestep_regressor(kernels.detach(), image)
             t_loss = time_regression_loss(predicted, timesteps)
             loss = loss + self.time_weight * t_loss
             logs.update(time=t_loss.detach(), t_mae=(predicted.detach() - timesteps.float()).abs().mean())
@@ -125,6 +133,9 @@ class KernelStage(common.Stage):
                                  "ControlNet has estimator_autocorrelation_radius 0 (pass --autocorrelation_radius "
                                  "> 0 for a new one)")
             kcn = kcn.with_estimator_global_context()
+            self.pipe.register_modules(kernel_controlnet=kcn)
+        if args.regressor_global_context_radius is not None:
+            kcn = kcn.with_regressor_global_context(args.regressor_global_context_radius)
             self.pipe.register_modules(kernel_controlnet=kcn)
         self.kernel_size = kcn.config.kernel_size
         common.freeze(self.pipe.vae, self.pipe.unet, self.pipe.prompt_embedding, kcn)
@@ -148,10 +159,11 @@ class KernelStage(common.Stage):
         reblur, errors, levels = [], [], []
         for item in pairs:
             blurry, sharp = item["blurry"][None].to(device), item["sharp"][None].to(device)
-            kernels = model.kernel_estimator(common.to_model_range(blurry))
+            image = common.to_model_range(blurry)
+            kernels = model.kernel_estimator(image)
             reblur.append(float(reblur_loss(sharp, blurry, kernels, model.reblur_space)))
             if model.timestep_regressor is not None:
-                errors.append(abs(float(model.timestep_regressor(kernels)[0]) - int(item["timestep"])))
+                errors.append(abs(float(model.timestep_regressor(kernels, image)[0]) - int(item["timestep"])))
                 levels.append(int(item["timestep"]))
         logs = {"val/reblur": float(np.mean(reblur))}
         if errors:

@@ -55,7 +55,8 @@ def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_ch
                                    num_train_timesteps, kernel_stride: int = 1,
                                    estimator_autocorrelation_radius: int = 0,
                                    estimator_autocorrelation_window: int = 16,
-                                   kernel_input_scale: float = 1.0, estimator_global_context: bool = False) -> None:
+                                   kernel_input_scale: float = 1.0, estimator_global_context: bool = False,
+                                   regressor_global_context_radius: int = 0) -> None:
     """Refuse a configuration that cannot be built, in one line that names the setting (not deep in GroupNorm).
 
     The kernel estimator normalises each level and each skip join (two neighbouring levels concatenated) with
@@ -93,6 +94,9 @@ def check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_ch
     if estimator_global_context and radius == 0:
         raise ValueError("estimator_global_context reads the whole image's gradient autocorrelations: it needs "
                          "estimator_autocorrelation_radius > 0 (got 0)")
+    context = regressor_global_context_radius
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise ValueError(f"regressor_global_context_radius must be 0 (off) or a positive int (pixels); got {context!r}")
     if (isinstance(kernel_input_scale, bool) or not isinstance(kernel_input_scale, (int, float))
             or not math.isfinite(kernel_input_scale) or kernel_input_scale <= 0):
         raise ValueError(f"kernel_input_scale must be a positive number (1.0: the kernel map as M gives it); "
@@ -116,6 +120,39 @@ class _ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x) + h
+
+
+def polar_offsets(distances, directions: int) -> list[tuple[int, int]]:
+    """Pixel offsets ``(dy, dx)`` at ``directions`` angles over half a turn and the given distances, rounded to whole
+    pixels, without repeats, ``(0, 0)`` or mirror images (the other half turn mirrors the first)."""
+    offsets = []
+    for distance in distances:
+        for k in range(directions):
+            angle = math.pi * k / directions
+            offset = (round(distance * math.sin(angle)), round(distance * math.cos(angle)))
+            if offset != (0, 0) and offset not in offsets and (-offset[0], -offset[1]) not in offsets:
+                offsets.append(offset)
+    return offsets
+
+
+def whole_image_gradient_autocorrelation(image: torch.Tensor, offsets) -> torch.Tensor:
+    """``image`` ``[B, C, H, W]`` -> ``[B, len(offsets)]`` (float32): for each offset ``d``, the sum over the image of
+    ``g(p) . g(p + d)`` (the grey image's gradient vectors; pairs leaving the image count as zero) divided by the
+    sum at offset 0; the same ratios as `GradientAutocorrelation`'s ``with_whole_image``, for any number of offsets
+    at the cost of two FFTs (the correlation theorem, on a grid padded so that no offset wraps around)."""
+    h, w = image.shape[-2:]
+    reach_y = max((abs(dy) for dy, _ in offsets), default=0)
+    reach_x = max((abs(dx) for _, dx in offsets), default=0)
+    grey = image.float().mean(dim=1)
+    grads = torch.stack([F.pad(grey[..., :, 1:] - grey[..., :, :-1], (0, 1, 0, 0)),
+                         F.pad(grey[..., 1:, :] - grey[..., :-1, :], (0, 0, 0, 1))], dim=1)  # [B, 2, H, W]
+    size = (h + reach_y, w + reach_x)
+    spectrum = torch.fft.rfft2(grads, s=size)  # float32 agrees with float64 to ~1e-8 here, at a third of the time
+    correlation = torch.fft.irfft2(spectrum.abs().square(), s=size).sum(dim=1)  # [B, H + ry, W + rx]
+    dy = torch.tensor([o[0] for o in offsets], dtype=torch.long) % size[0]
+    dx = torch.tensor([o[1] for o in offsets], dtype=torch.long) % size[1]
+    ratios = correlation[:, dy, dx] / (correlation[:, :1, 0] + 1e-8)
+    return ratios.float()
 
 
 class GradientAutocorrelation(nn.Module):
@@ -142,14 +179,7 @@ class GradientAutocorrelation(nn.Module):
         self.radius, self.stride, self.window = radius, stride, max(window, stride)
         # A polar set (`directions` angles over half a turn, distances up to `radius` spaced wider further out),
         # rounded to whole pixels: a 20 px blur needs offsets to ~20 px, and a full half window would be 4x as many.
-        offsets = []
-        for distance in (d for d in self.DISTANCES if d <= radius):
-            for k in range(directions):
-                angle = math.pi * k / directions
-                offset = (round(distance * math.sin(angle)), round(distance * math.cos(angle)))
-                if offset != (0, 0) and offset not in offsets and (-offset[0], -offset[1]) not in offsets:
-                    offsets.append(offset)
-        self.offsets = offsets
+        self.offsets = polar_offsets([d for d in self.DISTANCES if d <= radius], directions)
 
     @property
     def num_features(self) -> int:
@@ -282,9 +312,18 @@ class TimestepRegressor(nn.Module):
     """T: regresses the blur level ``t`` from the kernel map (longer, more complex kernels mean larger ``t``).
 
     Returns ``t`` in diffusion timesteps, in ``(0, num_train_timesteps)`` through a sigmoid.
+
+    With ``global_context_radius = r > 0`` (not in the paper) T also reads the gradient autocorrelations of its
+    whole input image at every offset up to ``r`` px (`whole_image_gradient_autocorrelation`, 16 directions): how
+    long a blur is shows over a whole photo far better than in the kernels M estimates from ~50 px each
+    (`train/probe_timestep_cue.py`). The branch is added to the pooled kernel features and starts at zero, so
+    adding it to a trained T leaves its t unchanged until it is trained.
     """
 
-    def __init__(self, kernel_channels: int, hidden_channels: int = 64, num_train_timesteps: int = 1000):
+    GLOBAL_CONTEXT_DIRECTIONS = 16
+
+    def __init__(self, kernel_channels: int, hidden_channels: int = 64, num_train_timesteps: int = 1000,
+                 global_context_radius: int = 0):
         super().__init__()
         self.num_train_timesteps = num_train_timesteps
         self.features = nn.Sequential(
@@ -296,9 +335,26 @@ class TimestepRegressor(nn.Module):
             nn.SiLU(),
         )
         self.head = nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.SiLU(), nn.Linear(hidden_channels, 1))
+        self.global_context_offsets, self.global_context_in = [], None
+        if global_context_radius > 0:
+            self.global_context_offsets = polar_offsets(range(1, global_context_radius + 1),
+                                                        self.GLOBAL_CONTEXT_DIRECTIONS)
+            self.global_context_in = nn.Sequential(
+                nn.Linear(len(self.global_context_offsets), 2 * hidden_channels), nn.SiLU(),
+                nn.Linear(2 * hidden_channels, hidden_channels))
+            nn.init.zeros_(self.global_context_in[-1].weight)
+            nn.init.zeros_(self.global_context_in[-1].bias)
 
-    def forward(self, kernels: torch.Tensor) -> torch.Tensor:
+    def forward(self, kernels: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """``kernels`` ``[B, m*m, h, w]`` (and, with the whole-image branch, the ``image`` ``[B, 3, H, W]`` they were
+        estimated from) -> ``t`` ``[B]``."""
         pooled = self.features(kernels).mean(dim=(-2, -1))
+        if self.global_context_in is not None:
+            if image is None:
+                raise ValueError("this t-regressor reads the whole image too (global_context_radius > 0): pass the "
+                                 "image the kernels were estimated from")
+            whole = whole_image_gradient_autocorrelation(image, self.global_context_offsets)
+            pooled = pooled + self.global_context_in(whole.to(pooled.dtype))
         return torch.sigmoid(self.head(pooled).squeeze(-1).float()) * self.num_train_timesteps
 
 
@@ -394,6 +450,9 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         estimator_global_context (`bool`): False (the default, and configs saved before it existed) or True (not
             in the paper): ``M`` also reads the gradient autocorrelations of its whole input
             (`KernelEstimator`'s ``global_context``); needs ``estimator_autocorrelation_radius > 0``.
+        regressor_global_context_radius (`int`): 0 (the paper's T, which reads the kernels alone; the default, and
+            configs saved before it existed) or the largest offset in pixels of the whole-image gradient
+            autocorrelations ``T`` also reads (`TimestepRegressor`'s ``global_context_radius``; not in the paper).
 
     Example:
         >>> from diffusers import UNet2DConditionModel
@@ -421,11 +480,13 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         estimator_autocorrelation_window: int = 16,
         kernel_input_scale: float = 1.0,
         estimator_global_context: bool = False,
+        regressor_global_context_radius: int = 0,
     ):
         super().__init__()
         check_kernel_controlnet_config(kernel_size, estimator_channels, regressor_channels, kernel_embedding_channels,
                                        num_train_timesteps, kernel_stride, estimator_autocorrelation_radius,
-                                       estimator_autocorrelation_window, kernel_input_scale, estimator_global_context)
+                                       estimator_autocorrelation_window, kernel_input_scale, estimator_global_context,
+                                       regressor_global_context_radius)
         kernel_channels = kernel_size * kernel_size
         self.controlnet = ControlNetModel.from_config(controlnet_config)
         latent_feature_channels = self.controlnet.conv_in.out_channels
@@ -435,7 +496,8 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
                                                 autocorrelation_radius=estimator_autocorrelation_radius,
                                                 autocorrelation_window=estimator_autocorrelation_window,
                                                 global_context=estimator_global_context)
-        self.timestep_regressor = TimestepRegressor(kernel_channels, regressor_channels, num_train_timesteps)
+        self.timestep_regressor = TimestepRegressor(kernel_channels, regressor_channels, num_train_timesteps,
+                                                    regressor_global_context_radius)
         self.kernel_filter = KernelFilterModule(kernel_channels, latent_feature_channels, kernel_embedding_channels,
                                                 kernel_stride, kernel_input_scale)
 
@@ -466,6 +528,19 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         model = type(self)(**{**config, "estimator_global_context": True})
         missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
         assert not unexpected and all(k.startswith("kernel_estimator.global_context_in.") for k in missing), missing
+        return model.to(self.device) if self.dtype == torch.float32 else model.to(device=self.device, dtype=self.dtype)
+
+    def with_regressor_global_context(self, radius: int) -> "KernelControlNetModel":
+        """This model with ``T``'s whole-image branch added (``regressor_global_context_radius=radius``), every other
+        weight copied. The branch starts at zero, so the new model's outputs equal this one's until it is trained (the
+        model itself if it already has a branch of that radius)."""
+        if self.config.get("regressor_global_context_radius", 0) == radius:
+            return self
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        model = type(self)(**{**config, "regressor_global_context_radius": radius})
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("timestep_regressor.global_context_in.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.startswith("timestep_regressor.global_context_in.") for k in missing), missing
         return model.to(self.device) if self.dtype == torch.float32 else model.to(device=self.device, dtype=self.dtype)
 
     @property
@@ -517,7 +592,7 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
             kernels = self.kernel_estimator(image)
             # Only for freshly estimated kernels: a caller passing kernels in (the pipeline's residual pass, each
             # tile) already has their t, and T on a full-resolution m*m map is not free.
-            predicted_timestep = self.timestep_regressor(kernels)
+            predicted_timestep = self.timestep_regressor(kernels, image)
         down_res, mid_res = None, None
         if sample is not None:
             if timestep is None or encoder_hidden_states is None:
