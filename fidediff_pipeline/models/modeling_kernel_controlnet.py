@@ -149,8 +149,8 @@ def whole_image_gradient_autocorrelation(image: torch.Tensor, offsets) -> torch.
     size = (h + reach_y, w + reach_x)
     spectrum = torch.fft.rfft2(grads, s=size)  # float32 agrees with float64 to ~1e-8 here, at a third of the time
     correlation = torch.fft.irfft2(spectrum.abs().square(), s=size).sum(dim=1)  # [B, H + ry, W + rx]
-    dy = torch.tensor([o[0] for o in offsets], dtype=torch.long) % size[0]
-    dx = torch.tensor([o[1] for o in offsets], dtype=torch.long) % size[1]
+    dy = torch.tensor([o[0] for o in offsets], dtype=torch.long, device=correlation.device) % size[0]
+    dx = torch.tensor([o[1] for o in offsets], dtype=torch.long, device=correlation.device) % size[1]
     ratios = correlation[:, dy, dx] / (correlation[:, :1, 0] + 1e-8)
     return ratios.float()
 
