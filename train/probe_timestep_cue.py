@@ -87,12 +87,13 @@ def main(argv=None):
 
     from fidediff_pipeline import FideDiffPipeline
     from fidediff_pipeline.atomic_io import write_text_atomic
-    from fidediff_pipeline.models.modeling_kernel_controlnet import polar_offsets
+    from fidediff_pipeline.models.modeling_kernel_controlnet import TimestepRegressor, polar_offsets
     from train.evaluate_tiny import heldout_pairs
 
     torch.manual_seed(0)
     kcn = FideDiffPipeline.from_pretrained(args.checkpoint).kernel_controlnet.eval()
-    offsets = polar_offsets(range(1, T_CONTEXT_RADIUS + 1), 16)
+    # The offsets of the t_context stage's T branch (TimestepRegressor with global_context_radius=T_CONTEXT_RADIUS).
+    offsets = polar_offsets(range(1, T_CONTEXT_RADIUS + 1), TimestepRegressor.GLOBAL_CONTEXT_DIRECTIONS)
     start = time.time()
     pooled, whole, t, photo_count = training_samples(kcn, args.samples, args.seed, offsets, Path(args.opencv_examples))
     with tempfile.TemporaryDirectory() as folder:

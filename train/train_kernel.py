@@ -91,10 +91,10 @@ class KernelStageModel(nn.Module):
 
         device = next(self.kernel_estimator.parameters()).device
         blurry, sharp = batch["blurry"].to(device), batch["sharp"].to(device)
+        image = common.to_model_range(blurry)  # what M reads (and T too, with its whole-image branch)
         if self.time_only:  # M frozen: T alone learns to read its kernels
             from fidediff_pipeline.losses import time_regression_loss
 
-            image = common.to_model_range(blurry)
             with torch.no_grad():
                 kernels = self.kernel_estimator(image)
             timesteps = batch["timesteps"].to(device)
@@ -102,7 +102,6 @@ class KernelStageModel(nn.Module):
             t_loss = time_regression_loss(predicted, timesteps)
             return {"loss": self.time_weight * t_loss, "time": t_loss.detach(),
                     "t_mae": (predicted.detach() - timesteps.float()).abs().mean()}
-        image = common.to_model_range(blurry)
         kernels = self.kernel_estimator(image)
         reblur = reblur_loss(sharp, blurry, kernels, self.reblur_space)
         supervision, logs = common.kernel_supervision_terms(kernels, batch, self)  # self has the two weights

@@ -151,8 +151,7 @@ def whole_image_gradient_autocorrelation(image: torch.Tensor, offsets) -> torch.
     correlation = torch.fft.irfft2(spectrum.abs().square(), s=size).sum(dim=1)  # [B, H + ry, W + rx]
     dy = torch.tensor([o[0] for o in offsets], dtype=torch.long, device=correlation.device) % size[0]
     dx = torch.tensor([o[1] for o in offsets], dtype=torch.long, device=correlation.device) % size[1]
-    ratios = correlation[:, dy, dx] / (correlation[:, :1, 0] + 1e-8)
-    return ratios.float()
+    return correlation[:, dy, dx] / (correlation[:, :1, 0] + 1e-8)
 
 
 class GradientAutocorrelation(nn.Module):
@@ -524,11 +523,7 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         model itself if it already has the branch)."""
         if self.config.get("estimator_global_context", False):
             return self
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        model = type(self)(**{**config, "estimator_global_context": True})
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("kernel_estimator.global_context_in.") for k in missing), missing
-        return model.to(self.device) if self.dtype == torch.float32 else model.to(device=self.device, dtype=self.dtype)
+        return self._rebuilt_with({"estimator_global_context": True}, "kernel_estimator.global_context_in.")
 
     def with_regressor_global_context(self, radius: int) -> "KernelControlNetModel":
         """This model with ``T``'s whole-image branch added (``regressor_global_context_radius=radius``), every other
@@ -536,11 +531,17 @@ class KernelControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
         model itself if it already has a branch of that radius)."""
         if self.config.get("regressor_global_context_radius", 0) == radius:
             return self
+        return self._rebuilt_with({"regressor_global_context_radius": radius}, "timestep_regressor.global_context_in.")
+
+    def _rebuilt_with(self, changes: dict, branch_prefix: str) -> "KernelControlNetModel":
+        """A new model with ``changes`` to this one's config and every weight copied except those of the branch under
+        ``branch_prefix`` (which the new model builds afresh: zero-started, or absent), on this model's device and
+        dtype."""
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        model = type(self)(**{**config, "regressor_global_context_radius": radius})
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("timestep_regressor.global_context_in.")}
+        model = type(self)(**{**config, **changes})
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(branch_prefix)}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        assert not unexpected and all(k.startswith("timestep_regressor.global_context_in.") for k in missing), missing
+        assert not unexpected and all(k.startswith(branch_prefix) for k in missing), missing
         return model.to(self.device) if self.dtype == torch.float32 else model.to(device=self.device, dtype=self.dtype)
 
     @property
