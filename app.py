@@ -40,7 +40,6 @@ from fidediff_pipeline import DEFAULT_MODEL
 from fidediff_pipeline.hub.loading import default_model, load_pipeline
 from fidediff_pipeline.image_processing import read_image
 from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, kernel_lengths, sample_kernels
-from fidediff_pipeline.tiling import iterate_tiles
 
 logger = logging.getLogger("fidediff.app")
 
@@ -228,13 +227,8 @@ def gpu_duration(image, timestep: int | str, upscale_factor: int) -> int:
 
 def tile_count(width: int, height: int, upscale_factor: int) -> int:
     """How many latent tiles (UNet calls) the pipeline uses for an image: its own "auto" tiling rule."""
-    multiple = d_of(upscale_factor)
-    padded_h, padded_w = height + (-height) % multiple, width + (-width) % multiple
-    latent_h, latent_w = padded_h // multiple, padded_w // multiple
-    tile = max(int(pipe.unet.config.sample_size) * 2, 64)  # the pipeline's default tile size
-    if latent_h * latent_w <= (2 * tile) ** 2:
-        return 1
-    return sum(1 for _ in iterate_tiles(latent_h, latent_w, tile, tile // 4))
+    tile = pipe._default_tile_size()
+    return max(pipe._tiles_per_image(height, width, int(upscale_factor), "auto", tile, pipe._default_tile_overlap(tile)), 1)
 
 
 # Progress through the tiles: a forward hook on the UNet counts its calls (one per tile) and reports them to the

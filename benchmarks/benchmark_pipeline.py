@@ -45,6 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fidediff_pipeline import FideDiffPipeline  # noqa: E402
+from fidediff_pipeline.atomic_io import write_text_atomic  # noqa: E402
 from fidediff_pipeline.hub.loading import resolve_dtype  # noqa: E402
 from fidediff_pipeline.presets import PRESETS, build_pipeline  # noqa: E402
 from fidediff_pipeline.restoration import (  # noqa: E402
@@ -123,7 +124,8 @@ def build(preset: str, device: torch.device, dtype: torch.dtype, kcn: bool, seed
     return pipe
 
 
-def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_last: bool, attention: str) -> None:
+def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_last: bool, attention: str,
+                        reuse_cpu_memory: bool = True) -> None:
     if attention == "eager":
         from diffusers.models.attention_processor import AttnProcessor
 
@@ -132,6 +134,9 @@ def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_la
     # On the CPU the pipeline runs its models on channels-last inputs by default (pipe.channels_last_on_cpu);
     # "off" turns that off, so both layouts can be timed in one run. On CUDA "on" converts the models' weights.
     pipe.channels_last_on_cpu = channels_last
+    # glibc keeps freed blocks for reuse once the pipeline runs on the CPU (cpu_memory.keep_freed_cpu_memory);
+    # process-wide, so "default" (glibc's own thresholds) needs a process of its own (--isolate).
+    pipe.reuse_cpu_memory = reuse_cpu_memory
     if channels_last and pipe._execution_device.type != "cpu":
         for module in (pipe.unet, pipe.vae, pipe.kernel_controlnet):
             if module is not None:
@@ -301,7 +306,7 @@ def benchmark_config(pipe: FideDiffPipeline, width: int, height: int, upscale: i
     result = {"pipeline": pipeline_stats}
     if compare_tiling:
         tile = int(tile_size or pipe._default_tile_size())
-        overlap = int(tile_overlap if tile_overlap is not None else tile // 4)
+        overlap = int(tile_overlap if tile_overlap is not None else pipe._default_tile_overlap(tile))
         tiled = time_call(lambda: run(True), device, warmup, repeats)
         result["tiling_compare"] = {
             "tiled": tiled,
@@ -336,10 +341,11 @@ def benchmark_config(pipe: FideDiffPipeline, width: int, height: int, upscale: i
     return result
 
 
-def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_last, attention) -> list[dict]:
+def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_last, attention,
+              reuse_cpu_memory=True) -> list[dict]:
     dtype = resolve_dtype(dtype_name)
     pipe = build(preset, device, dtype, kcn)
-    apply_optimisations(pipe, compile_model, channels_last, attention)
+    apply_optimisations(pipe, compile_model, channels_last, attention, reuse_cpu_memory)
     records = []
     for width, height in args.sizes:
         for batch in batches_for(args, (width, height)):
@@ -354,6 +360,8 @@ def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_las
                     "tiling": "off" if args.tiling == "compare" else args.tiling, "compile": compile_model,
                     "channels_last": channels_last, "attention": attention, "timestep": args.timestep,
                 }
+                if device.type == "cpu":
+                    record["cpu_memory"] = "reuse" if reuse_cpu_memory else "default"
                 if hasattr(os, "getloadavg"):
                     record["load_average_1min_at_start"] = os.getloadavg()[0]
                 start = time.perf_counter()
@@ -394,12 +402,13 @@ def _fmt_size(size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def child_argv(args, preset, dtype, kcn, comp, cl, attn, size, batch, upscale, output) -> list[str]:
+def child_argv(args, preset, dtype, kcn, comp, cl, attn, mem, size, batch, upscale, output) -> list[str]:
     """The command line of an ``--isolate`` child: one configuration (size, batch, upscale factor)."""
     argv = [sys.executable, __file__, "--child", "--preset", preset, "--device", "cpu", "--dtypes", dtype,
             "--sizes", _fmt_size(size), "--batch-sizes", str(batch), "--upscale-factors", str(upscale),
             "--kcn", "on" if kcn else "off", "--compile", "on" if comp else "off",
-            "--channels-last", "on" if cl else "off", "--attention", attn, "--tiling", args.tiling,
+            "--channels-last", "on" if cl else "off", "--attention", attn, "--cpu-memory", mem,
+            "--tiling", args.tiling,
             "--timestep", str(args.timestep), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
             "--output", output]
     if args.tiling == "compare":
@@ -416,7 +425,7 @@ def child_argv(args, preset, dtype, kcn, comp, cl, attn, size, batch, upscale, o
 # ------------------------------------------------------------------ derived figures and tables
 def _config_key(r: dict, *drop: str) -> tuple:
     fields = ("preset", "device", "dtype", "kernel_controlnet", "upscale_factor", "timestep", "tiling", "compile",
-              "channels_last", "attention", "batch_size", "width", "height")
+              "channels_last", "attention", "cpu_memory", "batch_size", "width", "height")
     return tuple(r.get(f, 1 if f == "batch_size" else None) for f in fields if f not in drop)
 
 
@@ -454,6 +463,7 @@ def summary_line(r: dict) -> str:
         return f"{head}: {r['error']}"
     mem = r.get("peak_cuda_allocated_gib") or r.get("peak_rss_gib")
     line = (f"{head} compile={int(r['compile'])} cl={int(r['channels_last'])} attn={r['attention']} "
+            f"cpu_memory={r.get('cpu_memory', '-')} "
             f"median {r['pipeline']['median_s']:.4f}s (min {r['pipeline']['min_s']:.4f}, max {r['pipeline']['max_s']:.4f}) "
             f"{r.get('images_per_s', 0):.2f} img/s  mem {mem:.2f} GiB  overhead x{r['pipeline_over_components']:.2f}  "
             + " ".join(f"{k}={v:.4f}" for k, v in r["components_median_s"].items()))
@@ -471,11 +481,11 @@ def _head(r: dict) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    lines = ["| preset | size | B | d | KCN | dtype | t | tiling | compile | channels-last | attention | median s/call | min-max | images/s | s/MPx | per px vs smallest | peak mem GiB | pipeline / components |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | size | B | d | KCN | dtype | t | tiling | compile | channels-last | attention | CPU memory | median s/call | min-max | images/s | s/MPx | per px vs smallest | peak mem GiB | pipeline / components |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         head = (f"{_head(r)} {r.get('tiling', 'off')} | {'on' if r['compile'] else 'off'} | "
-                f"{'on' if r['channels_last'] else 'off'} | {r['attention']} |")
+                f"{'on' if r['channels_last'] else 'off'} | {r['attention']} | {r.get('cpu_memory', '')} |")
         if "error" in r:
             lines.append(f"{head} {r['error'].split('. ')[0]} | | | | | | |")
             continue
@@ -603,6 +613,9 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", nargs="+", default=None, choices=["on", "off"],
                         help="default: on for the CPU (the pipeline's own CPU default), off for CUDA")
     parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "eager"])
+    parser.add_argument("--cpu-memory", nargs="+", default=["reuse"], choices=["reuse", "default"],
+                        help="CPU: 'reuse' (the pipeline's default: glibc keeps freed blocks, "
+                             "cpu_memory.keep_freed_cpu_memory) or glibc's 'default' thresholds; both need --isolate")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true",
@@ -636,25 +649,27 @@ def main(argv=None) -> int:
     if args.channels_last is None:
         args.channels_last = ["on"] if device.type == "cpu" else ["off"]
     dtypes = args.dtypes or (["bfloat16", "float16", "float32"] if device.type == "cuda" else ["float32"])
+    if len(set(args.cpu_memory)) > 1 and not (args.isolate and device.type == "cpu"):
+        parser.error("--cpu-memory reuse default needs --isolate on the CPU: the setting is process-wide")
 
     run_start = time.perf_counter()
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    groups = [(preset, dt, kcn == "on", comp == "on", cl == "on", attn)
+    groups = [(preset, dt, kcn == "on", comp == "on", cl == "on", attn, mem)
               for preset in args.preset for dt in dtypes for kcn in args.kcn for comp in args.compile
-              for cl in args.channels_last for attn in args.attention]
+              for cl in args.channels_last for attn in args.attention for mem in args.cpu_memory]
     records: list[dict] = []
-    for preset, dt, kcn, comp, cl, attn in groups:
+    for preset, dt, kcn, comp, cl, attn, mem in groups:
         if args.isolate and device.type == "cpu":
             part = args.output + ".part"
             for size in args.sizes:
                 for batch in batches_for(args, size):
                     for upscale in args.upscale_factors:
-                        subprocess.run(child_argv(args, preset, dt, kcn, comp, cl, attn, size, batch, upscale, part),
-                                       check=True)
+                        subprocess.run(child_argv(args, preset, dt, kcn, comp, cl, attn, mem, size, batch, upscale,
+                                                  part), check=True)
                         records.extend(json.loads(Path(part).read_text())["results"])
                         Path(part).unlink()
         else:
-            records.extend(run_group(args, preset, device, dt, kcn, comp, cl, attn))
+            records.extend(run_group(args, preset, device, dt, kcn, comp, cl, attn, mem == "reuse"))
     if not args.child:
         add_derived(records)
 
@@ -679,7 +694,7 @@ def main(argv=None) -> int:
         pass
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"environment": env, "results": records}, indent=2) + "\n")
+    write_text_atomic(output, json.dumps({"environment": env, "results": records}, indent=2) + "\n")
     if not args.child:
         print(summary_tables(records))
         print(f"wrote {output}")

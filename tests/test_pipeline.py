@@ -116,6 +116,51 @@ def test_default_tile_size_is_larger_for_a_unet_without_self_attention():
     assert not pipe._needs_tiling(512, 512, 256) and pipe._needs_tiling(513, 512, 256)
 
 
+def test_default_tile_overlap_is_an_eighth_without_self_attention_and_a_quarter_with_it():
+    """Without self-attention (tiny) the tiles differ from the whole pass everywhere, not at seams: an eighth of the
+    tile overlaps (fewer pixels recomputed); SD 2.1-base keeps a quarter. The call's default uses it."""
+    from fidediff_pipeline.presets import build_pipeline
+    from fidediff_pipeline.tiling import iterate_tiles
+
+    pipe = build_pipeline("tiny", seed=0)
+    assert pipe._default_tile_overlap(256) == 32 and pipe._default_tile_overlap(64) == 8
+    pipe.unet.register_to_config(only_cross_attention=False)  # its transformer blocks now self-attend, as SD's do
+    assert pipe._default_tile_overlap(128) == 32
+    pipe.unet.register_to_config(only_cross_attention=True)
+    # a 1024 px image forced into 256-latent tiles: 3 x 3 tiles either way, each smaller with the smaller overlap
+    boxes = list(iterate_tiles(512, 512, 256, pipe._default_tile_overlap(256)))
+    assert len(boxes) == 9 and max(b[1] - b[0] for b in boxes) == 192
+    assert pipe._tiles_per_image(1024, 1024, 1, True, 256, pipe._default_tile_overlap(256)) == 9
+
+
+def test_the_first_cpu_call_keeps_freed_memory_in_the_process_unless_turned_off(tmp_path):
+    """glibc's malloc then serves large tensors from the heap (no page faults per op); the switch is
+    ``pipe.reuse_cpu_memory``. Process-wide, so each case runs in its own interpreter."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    script = """
+import sys, numpy as np
+import fidediff_pipeline.cpu_memory as cm
+from fidediff_pipeline.presets import build_pipeline
+pipe = build_pipeline("tiny", seed=0)
+pipe.reuse_cpu_memory = sys.argv[1] == "on"
+assert cm._applied is None
+pipe(np.zeros((32, 32, 3), np.float32), output_type="np")
+print(cm._applied, cm.keep_freed_cpu_memory())
+"""
+    results = {}
+    for switch in ("on", "off"):
+        done = subprocess.run([sys.executable, "-c", script, switch], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[switch] = done.stdout.split()[-2:]
+    assert results["on"] == ["True", "True"]  # set by the call; asking again gives the same answer
+    assert results["off"] == ["None", "True"]  # the call left glibc alone; the explicit call sets it
+
+
 def test_channels_last_on_the_cpu_gives_the_reference_output():
     """The CPU path runs the models on channels-last tensors (faster); the bundled checkpoint's output, kernels and
     t must equal the default-layout path's within 1e-4, untiled and tiled (issue 15)."""

@@ -43,7 +43,7 @@ def test_no_seams_at_tile_borders(tiled_and_untiled):
     pipe, _, untiled, tiled, tile = tiled_and_untiled
     pixels_per_latent = pipe.vae_scale_factor // 2
     latent = 512 * 2 // pipe.vae_scale_factor
-    size, starts = balanced_tiles(latent, tile, tile // 4)
+    size, starts = balanced_tiles(latent, tile, pipe._default_tile_overlap(tile))
     assert len(starts) > 1, "the test image must span several tiles"
     borders = sorted({(s + size) * pixels_per_latent for s in starts[:-1]} | {s * pixels_per_latent for s in starts[1:]})
     diff = np.abs(tiled - untiled).mean(axis=2)
@@ -109,20 +109,21 @@ def test_tiled_map_drops_each_windows_padded_margins():
     assert up.shape == (1, 2, 140, 90) and torch.equal(up[..., ::2, ::2], x)
 
 
-def test_on_the_cpu_a_large_image_goes_through_the_tiny_vae_in_windows_with_the_same_result():
+def test_on_the_cpu_a_large_image_goes_through_the_tiny_vae_in_windows_with_the_same_result(monkeypatch):
     import torch
 
     import fidediff_pipeline.pipelines.pipeline_fidediff as module
     from fidediff_pipeline.restoration import vae_encode_mode
 
     pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    monkeypatch.setattr(module, "TINY_VAE_CPU_WINDOW", 256)  # the mechanism on a small image (the default is 512)
     windows = []
     original = module.tiled_map
 
     def counting(fn, *args, **kwargs):
         return original(lambda part: windows.append(part.shape) or fn(part), *args, **kwargs)
 
-    image = torch.rand(1, 3, 600, 560) * 2 - 1  # 300 x 280 latents: above TINY_VAE_CPU_WINDOW
+    image = torch.rand(1, 3, 600, 560) * 2 - 1  # 300 x 280 latents: above that window
     with torch.no_grad():
         module.tiled_map = counting
         try:

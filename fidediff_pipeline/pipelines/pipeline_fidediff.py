@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput, convert_unet_state_dict_to_peft
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
+from ..cpu_memory import keep_freed_cpu_memory
 from ..hub.remote_code import write_package_index, write_remote_code
 from ..image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
 from ..kernel_ops import expand_kernel_map
@@ -40,7 +41,7 @@ DEFAULT_TIMESTEP = 200
 # Largest latent window of an AutoencoderTiny pass on the CPU (`FideDiffPipeline._tiny_vae_windows`). Decoding
 # 1024 x 1024 latents of the tiny model on one thread: whole 10.5 s, 512-latent windows 9.8 s, 256-latent 7.7 s,
 # 192-latent 8.9 s; the same output (benchmarks/README.md).
-TINY_VAE_CPU_WINDOW = 256
+TINY_VAE_CPU_WINDOW = 512
 # Kernel maps the tiled path keeps from its first pass (t) for its second (the UNet tiles), so that the kernel
 # estimator runs once per tile; beyond this the remaining tiles' kernels are estimated again (bounded memory). The
 # tiny model at 2048 x 2048 px needs about 0.5 GiB (25 tiles, one 361-tap kernel per 4 x 4 px, fp32).
@@ -131,7 +132,10 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             frequencies are taken from the blurry input (`restoration.low_frequency_transfer`).
 
     On the CPU the pipeline runs its models on channels-last tensors (faster with oneDNN, same output to ~1e-6);
-    ``pipe.channels_last_on_cpu = False`` runs them in the default layout.
+    ``pipe.channels_last_on_cpu = False`` runs them in the default layout. The first call on the CPU also lets the
+    process keep freed memory for reuse (`cpu_memory.keep_freed_cpu_memory`: a third less time for a megapixel on
+    a 2-core VM; freed memory then stays with the process); ``pipe.reuse_cpu_memory = False`` before it leaves
+    glibc's defaults.
 
     The pipeline also inherits diffusers' UNet LoRA methods (needs ``peft``): `load_lora_weights`, `fuse_lora`,
     `unfuse_lora`, `unload_lora_weights`, `save_lora_weights`, `set_adapters` (see `load_lora_weights`).
@@ -145,6 +149,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     model_cpu_offload_seq = "prompt_embedding->kernel_controlnet->unet->vae"
     _optional_components = ["kernel_controlnet"]
     channels_last_on_cpu = True  # see _in_model_layout
+    reuse_cpu_memory = True  # see cpu_memory.keep_freed_cpu_memory
 
     def __init__(
         self,
@@ -536,6 +541,13 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         size = max(int(self.unet.config.sample_size) * 2, 64)
         return size if _has_self_attention(self.unet.config) else max(size, 256)
 
+    def _default_tile_overlap(self, tile: int) -> int:
+        # A quarter of the tile where the UNet attends over the image (SD 2.1-base). Without self-attention (the
+        # tiny preset) an eighth: the tiles differ from the whole pass everywhere (GroupNorm statistics per tile),
+        # not at the seams, so a wider overlap buys little. Tiny model, 1024 px forced into 9 tiles of 256: overlap
+        # 64 took 1.36x the untiled time and 32 took 1.18x, for 0.14 and 0.18 dB below untiled (benchmarks/README.md).
+        return tile // 4 if _has_self_attention(self.unet.config) else tile // 8
+
     @staticmethod
     def _needs_tiling(latent_h: int, latent_w: int, tile: int) -> bool:
         # "auto" tiles above four tiles' worth of latents: GoPro's 1280x720 at d = 4 (320x180 latents) still runs
@@ -589,7 +601,8 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             tiling: ``"auto"`` tiles latents of more than ``(2 * tile_size) ** 2`` pixels (and the VAE, with
                 diffusers' own VAE tiling); ``True`` / ``False`` force it.
             tile_size, tile_overlap: largest latent tile and least overlap (in latent pixels; default twice the
-                UNet's ``sample_size`` and a quarter of the tile). The fewest tiles that fit are shrunk to one size
+                UNet's ``sample_size`` (at least 256 without self-attention) and a quarter of the tile (an eighth
+                without self-attention)). The fewest tiles that fit are shrunk to one size
                 that keeps the overlap (`tiling.balanced_tiles`) and blended with Gaussian weights.
             conditioning_scale: scale of the Kernel ControlNet residuals.
             max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
@@ -620,13 +633,18 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
         tile = int(tile_size or self._default_tile_size())
-        overlap = int(tile_overlap if tile_overlap is not None else tile // 4)
+        overlap = int(tile_overlap if tile_overlap is not None else self._default_tile_overlap(tile))
         if tile < 8 or not 0 <= overlap < tile:
             raise ValueError(f"tile_size must be >= 8 and 0 <= tile_overlap < tile_size; got {tile}, {overlap}")
         upscale = int(upscale_factor)
 
         images = prepare_images(image, max_pixels=max_pixels)
         requested = self._validate_timesteps(timestep, len(images))
+        # Once per call: diffusers' _execution_device asks every component for its device (~8 ms for the tiny model,
+        # 2% of a 256 px call).
+        device = self._execution_device
+        if self.reuse_cpu_memory and device.type == "cpu":
+            keep_freed_cpu_memory()
         batches = same_size_batches([tuple(img.shape[-2:]) for img in images], batch_size)
         tiles = [self._tiles_per_image(*images[b[0]].shape[-2:], upscale, tiling, tile, overlap) for b in batches]
 
@@ -634,7 +652,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         with self._progress_bar(sum(max(n, 1) * len(b) for n, b in zip(tiles, batches))) as progress:
             for indices, num_tiles in zip(batches, tiles):
                 batch_results = self._restore_batch(
-                    torch.stack([images[i] for i in indices]), [requested[i] for i in indices], upscale,
+                    torch.stack([images[i] for i in indices]), device, [requested[i] for i in indices], upscale,
                     num_tiles > 0, tile, overlap, conditioning_scale, return_kernels, output_type == "latent", progress,
                 )
                 for index, result in zip(indices, batch_results):
@@ -676,10 +694,9 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             return int(round(min(max(predicted, 0.0), last))), "predicted"
         return DEFAULT_TIMESTEP, "default"
 
-    def _restore_batch(self, images, requested, upscale, use_tiling, tile, overlap, conditioning_scale,
+    def _restore_batch(self, images, device, requested, upscale, use_tiling, tile, overlap, conditioning_scale,
                        return_kernels, output_latents, progress) -> list[dict]:
-        """Restore ``images`` ``[B, 3, H, W]`` (one size) with one UNet evaluation (or one per tile)."""
-        device = self._execution_device
+        """Restore ``images`` ``[B, 3, H, W]`` (one size) on ``device`` with one UNet evaluation (or one per tile)."""
         dtype = self.unet.dtype
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
         padded_h, padded_w = self._padded_size(height, width, upscale)
