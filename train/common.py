@@ -717,7 +717,14 @@ def make_accelerator(args):
 
     report_to = None if args.report_to in (None, "none") else args.report_to
     set_seed(args.seed)  # model initialisation and any torch randomness (e.g. the VAE's posterior samples)
-    return Accelerator(mixed_precision=args.mixed_precision, log_with=report_to, project_config=project)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=report_to, project_config=project)
+    if accelerator.device.type == "cpu":
+        # Training allocates the same large activations and gradients every step: keep freed blocks for reuse
+        # instead of faulting in fresh pages each time (as the pipeline does on its first CPU call).
+        from fidediff_pipeline.cpu_memory import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()
+    return accelerator
 
 
 def setup_logging(accelerator) -> None:

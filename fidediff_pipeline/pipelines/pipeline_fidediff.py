@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 
 # GoPro's test blur is 11 averaged frames: t = (11 - 1) * 20 = 200 (paper Sec. 3.4 and 5.1).
 DEFAULT_TIMESTEP = 200
-# Largest latent window of an AutoencoderTiny pass on the CPU (`FideDiffPipeline._tiny_vae_windows`). Decoding
-# 1024 x 1024 latents of the tiny model on one thread: whole 10.5 s, 512-latent windows 9.8 s, 256-latent 7.7 s,
-# 192-latent 8.9 s; the same output (benchmarks/README.md).
+# Largest latent window of an AutoencoderTiny pass on the CPU (`FideDiffPipeline._tiny_vae_windows`; the same output
+# as one pass). With glibc's default thresholds 256-latent windows were fastest (fresh pages for every large
+# activation); with freed pages reused (cpu_memory.py) a 1024 px call takes 5.4-5.7 s with 256, 4.9-5.1 s with 512,
+# and 2048 px the same with either (benchmarks/README.md).
 TINY_VAE_CPU_WINDOW = 512
 # Kernel maps the tiled path keeps from its first pass (t) for its second (the UNet tiles), so that the kernel
 # estimator runs once per tile; beyond this the remaining tiles' kernels are estimated again (bounded memory). The
