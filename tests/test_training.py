@@ -356,6 +356,12 @@ def test_low_frequency_transfer_keeps_detail_and_takes_the_mean_from_the_referen
     detail = torch.rand(1, 3, 64, 64) - 0.5
     out = low_frequency_transfer(detail + 0.3, detail * 0 - 0.2, sigma=6.0)
     assert abs(float(out.mean()) - float((detail - 0.2).mean())) < 0.02
+    # one blur of the difference equals output - lowpass(output) + lowpass(reference) (two blurs, as before)
+    from fidediff_pipeline.restoration import gaussian_lowpass
+
+    output, reference = torch.rand(2, 3, 40, 56) * 2 - 1, torch.rand(2, 3, 40, 56) * 2 - 1
+    two_blurs = output - gaussian_lowpass(output, 12.0) + gaussian_lowpass(reference, 12.0)
+    torch.testing.assert_close(low_frequency_transfer(output, reference, 12.0), two_blurs, atol=1e-5, rtol=0)
 
 
 def test_bf16_accumulation_checkpointing_lora_and_float32_export(data, tmp_path):
