@@ -1,4 +1,4 @@
-"""Overlapping tiles with smooth (Gaussian) blending, for latents and image-space maps of any size."""
+"""Overlapping tiles with smooth blending (linear crossfades), for latents and image-space maps of any size."""
 
 from __future__ import annotations
 
@@ -58,15 +58,35 @@ def iterate_tiles(height: int, width: int, tile: int, overlap: int, multiple: in
             yield y0, y0 + tile_h, x0, x0 + tile_w
 
 
-def gaussian_weights(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """A ``[1, 1, h, w]`` bump, highest in the centre, never zero, so overlapping tiles blend without seams."""
+def blend_weights(box: tuple[int, int, int, int], grid: tuple[int, int], ramp: int, device=None,
+                  dtype=torch.float32) -> torch.Tensor:
+    """``[1, 1, h, w]`` weights of the tile ``box = (y0, y1, x0, x1)`` of a ``grid``: 1 inside, falling linearly to
+    (almost) 0 over ``ramp`` pixels at each side it shares with a neighbour, flat at the grid's own borders.
 
-    def profile(n: int) -> torch.Tensor:
-        x = torch.linspace(-1.0, 1.0, n, device=device, dtype=torch.float32)
-        return torch.exp(-0.5 * (x / 0.5) ** 2)  # sigma = a quarter of the tile
+    Summed over tiles that overlap by at least ``ramp`` and divided by the sum, each output pixel is a crossfade
+    from one tile to the next that reaches zero at a tile's edge, so no tile's border (where its zero padding
+    differs from the whole image's) shows as a step. The Gaussian bump this replaced kept ~14% of its peak at the
+    edges: with an overlap of an eighth of the tile, the tiny model's output then had 19% larger gradients at the
+    tile borders than the untiled output (benchmarks/README.md).
 
-    w = profile(height)[:, None] * profile(width)[None, :]
-    return w.clamp_min(1e-3).to(dtype)[None, None]
+    Example:
+        >>> blend_weights((0, 8, 4, 12), (8, 12), 4)[0, 0, 0].tolist()  # the last tile of a row: ramp on its left
+        [0.125, 0.375, 0.625, 0.875, 1.0, 1.0, 1.0, 1.0]
+    """
+    y0, y1, x0, x1 = box
+    ramp = max(int(ramp), 1)
+
+    def profile(start: int, stop: int, length: int) -> torch.Tensor:
+        i = torch.arange(stop - start, device=device, dtype=torch.float32) + 0.5
+        w = torch.ones_like(i)
+        if start > 0:  # a neighbour before this tile
+            w = torch.minimum(w, i / ramp)
+        if stop < length:  # a neighbour after it
+            w = torch.minimum(w, (stop - start - i) / ramp)
+        return w.clamp_min(1e-3)
+
+    w = profile(y0, y1, grid[0])[:, None] * profile(x0, x1, grid[1])[None, :]
+    return w.to(dtype)[None, None]
 
 
 def tiled_map(fn, x: torch.Tensor, grid: tuple[int, int], tile: int, overlap: int, in_scale: int = 1,

@@ -49,10 +49,34 @@ def test_no_seams_at_tile_borders(tiled_and_untiled):
     diff = np.abs(tiled - untiled).mean(axis=2)
     column_error = diff.mean(axis=0)
     at_borders = np.mean([column_error[max(b - 1, 0):b + 1].mean() for b in borders])
-    assert at_borders < 2.0 * column_error.mean() + 1e-3
+    # Measured 1.05x with the crossfade; the Gaussian bump it replaced (14% of its peak left at a tile's edge)
+    # gave 1.23x with the same tiles.
+    assert at_borders < 1.15 * column_error.mean() + 1e-3
     # and the tiled output has no jump in its own gradient at the borders
     gradient = np.abs(np.diff(tiled.mean(axis=2), axis=1)).mean(axis=0)
     assert np.mean([gradient[b - 1] for b in borders]) < 2.0 * gradient.mean()
+
+
+def test_blend_weights_crossfade_to_zero_at_shared_edges_and_stay_flat_at_the_grid_border():
+    import torch
+
+    from fidediff_pipeline.tiling import blend_weights, iterate_tiles
+
+    grid, tile, overlap = (100, 130), 48, 12
+    boxes = list(iterate_tiles(*grid, tile, overlap, multiple=1))
+    total = torch.zeros(1, 1, *grid)
+    for box in boxes:
+        total[..., box[0]:box[1], box[2]:box[3]] += blend_weights(box, grid, overlap)
+    for y0, y1, x0, x1 in boxes:
+        share = blend_weights((y0, y1, x0, x1), grid, overlap)[0, 0] / total[0, 0, y0:y1, x0:x1]
+        # a tile's share at a side it shares is almost nothing (no step where its padding shows) ...
+        if x0 > 0:
+            assert share[:, 0].max() < 0.05
+        if x1 < grid[1]:
+            assert share[:, -1].max() < 0.05
+        # ... and all of it where no other tile reaches (the grid's corners)
+    assert blend_weights(boxes[0], grid, overlap)[0, 0, 0, 0] == 1.0 and total[0, 0, 0, 0] == 1.0
+    assert blend_weights(boxes[-1], grid, overlap)[0, 0, -1, -1] == 1.0
 
 
 def test_balanced_tiles_cover_with_the_overlap_and_fewer_pixels():

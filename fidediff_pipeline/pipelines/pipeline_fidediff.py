@@ -32,7 +32,7 @@ from ..models.modeling_prompt_embedding import FideDiffPromptEmbedding
 from ..restoration import (
     low_frequency_transfer, predict_original_latents, resize_from_vae, upsample_for_vae, vae_encode_mode,
 )
-from ..tiling import gaussian_weights, iterate_tiles, tiled_map
+from ..tiling import blend_weights, iterate_tiles, tiled_map
 
 logger = logging.getLogger(__name__)
 
@@ -545,8 +545,9 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def _default_tile_overlap(self, tile: int) -> int:
         # A quarter of the tile where the UNet attends over the image (SD 2.1-base). Without self-attention (the
         # tiny preset) an eighth: the tiles differ from the whole pass everywhere (GroupNorm statistics per tile),
-        # not at the seams, so a wider overlap buys little. Tiny model, 1024 px forced into 9 tiles of 256: overlap
-        # 64 took 1.36x the untiled time and 32 took 1.18x, for 0.14 and 0.18 dB below untiled (benchmarks/README.md).
+        # and the crossfade (tiling.blend_weights) leaves no step at the borders, so a wider overlap buys little.
+        # Tiny model, 1024 px forced into 9 tiles of 256: overlap 64 took 1.36x the untiled time and 32 took 1.18x,
+        # for 0.14 and 0.18 dB below untiled (benchmarks/README.md).
         return tile // 4 if _has_self_attention(self.unet.config) else tile // 8
 
     @staticmethod
@@ -604,7 +605,8 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             tile_size, tile_overlap: largest latent tile and least overlap (in latent pixels; default twice the
                 UNet's ``sample_size`` (at least 256 without self-attention) and a quarter of the tile (an eighth
                 without self-attention)). The fewest tiles that fit are shrunk to one size
-                that keeps the overlap (`tiling.balanced_tiles`) and blended with Gaussian weights.
+                that keeps the overlap (`tiling.balanced_tiles`) and blended by linear crossfades over the overlap
+                (`tiling.blend_weights`).
             conditioning_scale: scale of the Kernel ControlNet residuals.
             max_pixels: refuse larger inputs (decompression bombs); ``None`` for no limit.
             batch_size: at most this many same-sized images per UNet evaluation (``None``: all of them); lower it
@@ -819,7 +821,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     def _predict_noise_tiled(self, z_t, x, t, encoder_hidden_states, tile, overlap, upscale, conditioning_scale,
                              return_kernels, progress, tile_kernels=None):
-        """UNet (+ Kernel ControlNet) on overlapping latent tiles, blended with Gaussian weights; ``tile_kernels``:
+        """UNet (+ Kernel ControlNet) on overlapping latent tiles, crossfaded over the overlap; ``tile_kernels``:
         M's outputs kept by `_estimate_tile_kernels` (others are estimated here)."""
         eps_sum = torch.zeros_like(z_t, dtype=torch.float32)
         weight_sum = torch.zeros_like(z_t[:, :1], dtype=torch.float32)
@@ -840,11 +842,11 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                     iy0, iy1, ix0, ix1 = (c * pixels_per_latent for c in box)
                     pixel_kernels = expand_kernel_map(crop_kernels, cy1 - cy0, cx1 - cx0)
                     pixel_kernels = pixel_kernels[..., iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
-                    w_img = gaussian_weights(iy1 - iy0, ix1 - ix0)
+                    w_img = blend_weights((iy0, iy1, ix0, ix1), tuple(x.shape[-2:]), overlap * pixels_per_latent)
                     kernel_map[..., iy0:iy1, ix0:ix1] += pixel_kernels.float().cpu() * w_img
                     kernel_weight[..., iy0:iy1, ix0:ix1] += w_img
             eps = self._predict_noise(z_tile, t, encoder_hidden_states, kernels, conditioning_scale)
-            w = gaussian_weights(y1 - y0, x1 - x0, device=z_t.device)
+            w = blend_weights(box, tuple(z_t.shape[-2:]), overlap, device=z_t.device)
             eps_sum[..., y0:y1, x0:x1] += eps.float() * w
             weight_sum[..., y0:y1, x0:x1] += w
             progress.update(z_t.shape[0])
