@@ -364,6 +364,36 @@ def test_low_frequency_transfer_keeps_detail_and_takes_the_mean_from_the_referen
     torch.testing.assert_close(low_frequency_transfer(output, reference, 12.0), two_blurs, atol=1e-5, rtol=0)
 
 
+def test_time_steps_only_times_every_step_and_writes_nothing_else(data, tmp_path):
+    out = tmp_path / "timed"
+    train_base.main(["--preset", "tiny", *_flags(data, out, steps=3), "--lpips_weight", "0", "--time_steps_only"])
+    summary = _summary(out)
+    assert summary["steps"] == 3 and len(summary["step_seconds"]) == 3 and all(v > 0 for v in summary["step_seconds"])
+    assert summary["median_step_s"] == pytest.approx(summary["step_seconds"][2], abs=1e-4)  # after 2 warm-up steps
+    assert summary["samples_per_step"] == 2 * 2 and summary["peak_rss_gib"] > 0
+    assert not list(out.glob("checkpoint-*")) and not (out / "pipeline").exists()  # no checkpoint, no export
+    assert not (out / "validation_history.json").exists()
+
+
+def test_training_benchmark_runs_each_stage_script_and_records_failures(tmp_path):
+    """benchmarks/benchmark_training.py on the tiny preset: the kernel stage times its steps; a configuration the
+    stage refuses is a row with its error, not a crash."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import benchmark_training
+
+    output = tmp_path / "training.json"
+    benchmark_training.main(["--preset", "tiny", "--stages", "kernel", "--resolution", "64", "--train-batch-sizes", "1",
+                             "--levels-per-group", "2", "--steps", "2", "--mixed-precision", "no", "--gradient-checkpointing", "off",
+                             "--upscale-factor", "1", "--output", str(output)])
+    (row,) = json.loads(output.read_text())["results"]
+    assert row["stage"] == "kernel" and row["steps"] == 2 and row["samples_per_step"] == 2 and row["median_step_s"] > 0
+    benchmark_training.main(["--preset", "tiny", "--stages", "kernel", "--resolution", "64", "--train-batch-sizes", "1",
+                             "--levels-per-group", "2", "--steps", "2", "--mixed-precision", "no", "--gradient-checkpointing", "off",
+                             "--upscale-factor", "3", "--output", str(output)])
+    (row,) = json.loads(output.read_text())["results"]
+    assert "median_step_s" not in row and "upscale" in row["error"]
+
+
 def test_bf16_accumulation_checkpointing_lora_and_float32_export(data, tmp_path):
     train_base.main(["--preset", "tiny", *_flags(data, tmp_path, steps=1, validation_steps=100), "--lora_rank", "4",
                      "--lpips_weight", "0", "--gan_weight", "0.1", "--mixed_precision", "bf16",

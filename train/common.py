@@ -98,6 +98,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--max_steps_this_run", type=int, default=None,
                    help="checkpoint and stop after this many steps in this invocation (time-limited jobs); resume "
                         "later with --resume_from_checkpoint latest. The export happens when --max_train_steps is reached")
+    g.add_argument("--time_steps_only", action="store_true",
+                   help="time the training steps only (benchmarks/benchmark_training.py): no validation, checkpoint, "
+                        "resume or export; train_summary.json gets every step's seconds and the peak memory")
     g.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
     g.add_argument("--logging_dir", type=str, default="logs")
     g.add_argument("--tracker_project_name", type=str, default=None)
@@ -781,7 +784,8 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
         accelerator.init_trackers(args.tracker_project_name or f"fidediff-{stage.name}", config=config)
 
     global_step = 0
-    resume = find_resume_checkpoint(args)
+    timing = bool(getattr(args, "time_steps_only", False))
+    resume = None if timing else find_resume_checkpoint(args)
     if resume is not None:
         accelerator.load_state(str(resume))
         warn_if_rng_state_unusable(resume, accelerator.process_index)
@@ -795,7 +799,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
                                 kernel_size=stage.kernel_size, with_kernels=stage.with_kernels)
     batches = iter(loader)
     limit = max(args.num_validation_pairs, args.num_validation_images) if args.num_validation_pairs else None
-    pairs = validation_pairs(args, limit=limit) if accelerator.is_main_process else []
+    pairs = validation_pairs(args, limit=limit) if accelerator.is_main_process and not timing else []
     logger.info("stage %s: %d trainable parameters, %d processes, %d steps (batch %d groups x %d levels, accumulation %d)",
                 stage.name, sum(p.numel() for p in params), accelerator.num_processes, args.max_train_steps,
                 args.train_batch_size if stage.consistency else args.train_batch_size * args.levels_per_group,
@@ -803,6 +807,9 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
 
     logs: dict = {}
     history: list[float] = []  # the total loss of every step (train_summary.json; used by the tests)
+    step_seconds: list[float] = []  # wall time of every step, with --time_steps_only
+    if timing and accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     start_time, last_print = time.time(), time.time()
     # Training minutes of earlier invocations (resumed runs), so the learning curve's time axis is cumulative.
     earlier = read_validation_history(args.output_dir) if resume is not None else []
@@ -813,6 +820,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
             break
         model.train()
         outputs_for_d, step_logs = [], {}
+        step_start = time.perf_counter()
         for micro in range(ga):
             batch = next(batches)
             sync = micro == ga - 1
@@ -847,6 +855,10 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
             d_optimizer.zero_grad(set_to_none=True)
 
         global_step += 1
+        if timing:
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize(accelerator.device)
+            step_seconds.append(time.perf_counter() - step_start)
         history.append(step_logs["loss"])
         step_logs["lr"] = scheduler.get_last_lr()[0]
         logs = step_logs
@@ -858,6 +870,8 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
             last_print = time.time()
 
         stopping = bool(args.max_steps_this_run) and global_step - first_step >= args.max_steps_this_run
+        if timing:
+            continue
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps or stopping:
             save_checkpoint(accelerator, args.output_dir, global_step)  # complete or absent, never partial
             if accelerator.is_main_process:  # only now: a kill during the save keeps the older checkpoints
@@ -875,6 +889,10 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
                             " ".join(f"{k}={v:.3f}" for k, v in val.items()))
 
     accelerator.wait_for_everyone()
+    if timing:
+        write_step_timing(args, accelerator, stage, step_seconds, history)
+        accelerator.end_training()
+        return logs
     # Every process records a hash of its trained weights: DDP replicas must end identical.
     digest = weights_digest(accelerator.unwrap_model(model))
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -894,6 +912,31 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
         logger.info("exported %s pipeline to %s", stage.name, export_dir)
     accelerator.end_training()
     return logs
+
+
+def write_step_timing(args, accelerator, stage, step_seconds: list[float], history: list[float]) -> None:
+    """train_summary.json of a ``--time_steps_only`` run: each step's seconds, the median after the first two
+    (warm-up: allocator, cuDNN/oneDNN algorithm choice) and the peak memory of this process."""
+    import resource
+
+    steady = step_seconds[2:] or step_seconds
+    summary = {
+        "stage": stage.name, "steps": len(step_seconds), "step_seconds": [round(v, 4) for v in step_seconds],
+        "median_step_s": round(float(np.median(steady)), 4), "steps_in_median": len(steady),
+        "samples_per_step": args.train_batch_size * args.levels_per_group * args.gradient_accumulation_steps,
+        "resolution": args.resolution, "mixed_precision": accelerator.mixed_precision,
+        "gradient_checkpointing": bool(args.gradient_checkpointing), "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes, "loss_history": history,
+        # ru_maxrss is in KiB on Linux
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+    if accelerator.device.type == "cuda":
+        summary["peak_cuda_allocated_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
+        summary["gpu"] = torch.cuda.get_device_name(accelerator.device)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(args.output_dir, "train_summary.json"), json.dumps(summary, indent=2))
+        logger.info("[%s] %d timed steps, median %.3f s/step", stage.name, len(step_seconds), summary["median_step_s"])
 
 
 def unwrap(accelerator, module):
