@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fidediff_pipeline import FideDiffPipeline  # noqa: E402
 from fidediff_pipeline.atomic_io import write_text_atomic  # noqa: E402
+from fidediff_pipeline.cpu_memory import peak_rss_gib  # noqa: E402
 from fidediff_pipeline.hub.loading import resolve_dtype  # noqa: E402
 from fidediff_pipeline.presets import PRESETS, build_pipeline  # noqa: E402
 from fidediff_pipeline.restoration import (  # noqa: E402
@@ -147,11 +147,6 @@ def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_la
         pipe.vae.encoder = torch.compile(pipe.vae.encoder, fullgraph=False)
         if pipe.kernel_controlnet is not None:
             pipe.kernel_controlnet.controlnet = torch.compile(pipe.kernel_controlnet.controlnet, fullgraph=False)
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 @torch.no_grad()

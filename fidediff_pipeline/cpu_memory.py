@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+import sys
 
 # Blocks up to this size come from (and return to) the heap, and up to this much free memory at the heap's top is
 # kept. 1 GiB covers the largest activations of the tiny model's default paths (tiles and windows bound them).
@@ -56,3 +57,16 @@ def _set_glibc_thresholds(nbytes: int) -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; both must hold, or large blocks would still be unmapped on free.
     return bool(mallopt(_M_MMAP_THRESHOLD, nbytes)) and bool(mallopt(_M_TRIM_THRESHOLD, nbytes))
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size so far, in GiB (2**30 bytes), as benchmarks and training report it.
+
+    Linux reports ``ru_maxrss`` in KiB, macOS in bytes; 0.0 where the ``resource`` module is missing (Windows).
+    """
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20

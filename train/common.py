@@ -917,7 +917,7 @@ def run_training(args, accelerator, stage: Stage, discriminator_lr: float | None
 def write_step_timing(args, accelerator, stage, step_seconds: list[float], history: list[float]) -> None:
     """train_summary.json of a ``--time_steps_only`` run: each step's seconds, the median after the first two
     (warm-up: allocator, cuDNN/oneDNN algorithm choice) and the peak memory of this process."""
-    import resource
+    from fidediff_pipeline.cpu_memory import peak_rss_gib
 
     steady = step_seconds[2:] or step_seconds
     summary = {
@@ -927,8 +927,7 @@ def write_step_timing(args, accelerator, stage, step_seconds: list[float], histo
         "resolution": args.resolution, "mixed_precision": accelerator.mixed_precision,
         "gradient_checkpointing": bool(args.gradient_checkpointing), "device": str(accelerator.device),
         "num_processes": accelerator.num_processes, "loss_history": history,
-        # ru_maxrss is in KiB on Linux
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_rss_gib": round(peak_rss_gib(), 3),
     }
     if accelerator.device.type == "cuda":
         summary["peak_cuda_allocated_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
