@@ -70,6 +70,24 @@ def test_frequency_loss_is_zero_for_equal_images_and_weighs_lost_detail():
     assert frequency_l1_loss(smooth, sharp).item() > 0.05
 
 
+def test_time_loss_l1_is_minimised_by_the_median_level_and_l2_by_the_mean():
+    """One blur that fits three levels: a constant prediction fitted by each norm lands where it should."""
+    from fidediff_pipeline.losses import time_regression_loss
+
+    targets = torch.tensor([120.0, 280.0, 280.0])  # mean 226.7, median 280
+    for norm, expected in (("l2", 226.7), ("l1", 280.0)):
+        t = torch.tensor([200.0], requires_grad=True)
+        optimiser = torch.optim.Adam([t], lr=2.0)
+        for _ in range(400):
+            optimiser.zero_grad()
+            time_regression_loss(t.expand(3), targets, norm=norm).backward()
+            optimiser.step()
+        assert abs(t.item() - expected) < 3, (norm, t.item())
+    assert time_regression_loss(targets, targets, norm="l1").item() == 0.0
+    with pytest.raises(ValueError, match="norm must be one of"):
+        time_regression_loss(targets, targets, norm="huber")
+
+
 def test_kernel_supervision_loss_crops_the_true_kernel_and_is_zero_when_exact():
     from fidediff_pipeline.kernel_ops import global_kernel_to_map, linear_motion_kernel
     from fidediff_pipeline.losses import kernel_supervision_loss

@@ -205,6 +205,38 @@ def test_the_refit_stage_trains_m_and_t_on_large_crops_after_stage_3(tmp_path):
             make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
 
 
+def test_the_refit_runs_from_a_finished_pipeline_at_its_own_camera_speeds(tmp_path, capsys):
+    def plan(*extra):
+        args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])
+        return make_tiny.stage_plan(args, tmp_path)
+
+    def flag(job, name, count=1):
+        argv = job["argv"]
+        return argv[argv.index(name) + 1: argv.index(name) + 1 + count]
+
+    full = {job["name"]: job for job in plan()}
+    assert flag(full["refit"], "--synth_speed_range", 2) == [str(v) for v in make_tiny.REFIT_SPEED_RANGE]
+    assert flag(full["kcn"], "--synth_speed_range", 2) == [str(v) for v in make_tiny.SPEED_RANGE]  # others unchanged
+    assert flag(full["t_context"], "--synth_speed_range", 2) == [str(v) for v in make_tiny.SPEED_RANGE]
+    start = tmp_path / "previous"
+    start.mkdir()
+    (start / "model_index.json").write_text("{}")
+    jobs = plan("--refit_from", str(start), "--refit_speed_range", "0.5", "2.5", "--steps", "refit=40")
+    assert [job["name"] for job in jobs] == ["refit", "t_context"]
+    assert jobs[0]["needs"] == () and flag(jobs[0], "--init_from") == [str(start)]
+    assert flag(jobs[0], "--synth_speed_range", 2) == ["0.5", "2.5"] and flag(jobs[0], "--max_train_steps") == ["40"]
+    assert flag(jobs[1], "--init_from") == [str(tmp_path / "refit" / "pipeline")]
+    assert [job["name"] for job in plan("--refit_from", str(start), "--no_t_context")] == ["refit"]
+    assert flag(plan("--t_context_from", str(start))[0], "--time_loss") == ["l2"]  # the paper's L_time by default
+    assert flag(plan("--t_context_from", str(start), "--t_context_time_loss", "l1")[0], "--time_loss") == ["l1"]
+    for bad, message in ((["--refit_from", str(tmp_path / "nothing")], "--refit_from takes a saved pipeline"),
+                         (["--refit_from", str(start), "--no_refit_estimator"], "--refit_from runs the refit"),
+                         (["--refit_speed_range", "2", "1"], "--refit_speed_range takes MIN MAX")):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *bad])
+        assert message in capsys.readouterr().err
+
+
 def test_the_t_context_stage_refits_t_alone_with_its_whole_image_branch(tmp_path, capsys):
     def jobs(*extra):
         args = make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", *extra])

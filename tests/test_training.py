@@ -839,7 +839,7 @@ def test_time_only_with_the_regressor_context_adds_t_s_whole_image_branch_and_tr
     out = tmp_path / "time_context"
     train_kernel.main(["--init_from", str(stage_outputs / "kcn" / "pipeline"), *_flags(data, out, steps=3),
                        "--time_weight", "1", "--time_only", "--regressor_global_context_radius", "8",
-                       "--learning_rate", "1e-2"])
+                       "--learning_rate", "1e-2", "--time_loss", "l1"])  # l1: make_tiny --t_context_time_loss
     config = json.loads((out / "pipeline" / "kernel_controlnet" / "config.json").read_text())
     assert config["regressor_global_context_radius"] == 8
     before = load_file(next((stage_outputs / "kcn" / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
@@ -854,3 +854,6 @@ def test_time_only_with_the_regressor_context_adds_t_s_whole_image_branch_and_tr
     with pytest.raises(SystemExit):
         train_kernel.parse_args(["--init_from", "x", "--output_dir", "y", "--regressor_global_context_radius", "-1"])
     assert "--regressor_global_context_radius must be >= 0 (0 = off); got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_kernel.parse_args(["--init_from", "x", "--output_dir", "y", "--time_loss", "huber"])
+    assert "invalid choice: 'huber'" in capsys.readouterr().err

@@ -38,14 +38,23 @@
     python train/make_tiny.py --work_dir runs/make_tiny12 --init_base_from runs/make_tiny10/base/pipeline \
         --base_seed 6 --steps base=2400 kernel=2500 kcn=1600 --keep_final base kcn --no_ablation \
         --kernel_input_scale m2 --kcn_controlnet_kernels mix
-    # round 7 + t_context (this checkpoint): round 7's result (commit 9e9b482's checkpoint, copied to
+    # round 7 + t_context (commit a237c6a's checkpoint): round 7's result (commit 9e9b482's checkpoint, copied to
     # runs/round7) with T's whole-image branch added and T alone trained on 256 px crops, twice (the second run
     # continues from the first's export with the next seed: fresh crops, trajectories and dead-leaves images)
     python train/make_tiny.py --work_dir runs/tctx --t_context_from runs/round7 --export_dir runs/tctx_export
-    python train/make_tiny.py --work_dir runs/tctx2 --t_context_from runs/tctx_export --seed 1
+    python train/make_tiny.py --work_dir runs/tctx2 --t_context_from runs/tctx_export --seed 1 \
+        --export_dir runs/tctx2_export
+    # round 7 + t_context + refit (this checkpoint): M and T refitted once more from the previous checkpoint
+    # (runs/tctx2_export) with wider camera speeds (--refit_speed_range, default 0.7 2.0 since), then T alone again
+    # with the L1 time loss and the next seed
+    python train/make_tiny.py --work_dir runs/refit2 --refit_from runs/tctx2_export --steps refit=400 \
+        --no_t_context --export_dir runs/refit2_export
+    python train/make_tiny.py --work_dir runs/tctx3 --t_context_from runs/refit2_export --seed 2 \
+        --t_context_time_loss l1
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them;
     # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated;
-    # rounds 5-7 before the t_context stage: add --no_t_context)
+    # rounds 5-7 before the t_context stage: add --no_t_context; every round before this checkpoint refitted at the
+    # builder's camera speeds: add --refit_speed_range 1.0 1.6)
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
@@ -155,6 +164,11 @@ STEPS = {"vae": 2500, "base": 2100, "kernel": 2500, "kcn": 1600, "time": 1500, "
 # Reach in px of the whole-image gradient autocorrelations the t-regressor reads after the t_context stage (the
 # longest blur paths are ~24 px at n = 15; offsets to 32 px cost no more: they come from two FFTs).
 T_CONTEXT_RADIUS = 32
+# The refit's camera speeds (px per 240 fps frame): wider than the builder's default on both sides, so the refit sees
+# more short and more long blurs and M's kernel lengths follow the blur further before falling back towards the
+# mean (docs/tiny_results.md; the kernel test's straight 21 px blurs on held-out crops read 24-40% short with the
+# checkpoint refitted at 1.0-1.6, 17-33% after a refit at these speeds)
+REFIT_SPEED_RANGE = (0.7, 2.0)
 
 
 def photo_label(source_name) -> str:
@@ -232,13 +246,14 @@ def build_heldout_set(photos: list[Path], out_dir: Path, seed: int, trajectories
     return Path(report.manifest_path)
 
 
-def common_flags(args, work: Path, stage: str, steps: int, validations: int = 8) -> list[str]:
+def common_flags(args, work: Path, stage: str, steps: int, validations: int = 8,
+                 speed_range: tuple[float, float] = SPEED_RANGE) -> list[str]:
     return [
         "--train_images", str(work / "photos" / "train"),
         "--validation_manifest", str(work / "data" / "heldout" / "manifest.csv"),
         "--frames", *map(str, TRAIN_FRAMES),
         "--synth_kernel_size", str(DATA_KERNEL_SIZE),
-        "--synth_speed_range", *map(str, SPEED_RANGE),
+        "--synth_speed_range", *map(str, speed_range),
         "--upscale_factor", str(UPSCALE),
         "--output_dir", str(work / stage),
         "--seed", str(args.seed),
@@ -260,6 +275,12 @@ def stage_plan(args, work: Path) -> list[dict]:
     s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()}
     if args.t_context_from:  # the t_context stage alone, from a finished pipeline (e.g. a bundled checkpoint)
         return [t_context_job(args, work, s["t_context"], Path(args.t_context_from), ())]
+    if args.refit_from:  # the refit (and the t_context stage unless --no_t_context) from a finished pipeline
+        plan = [refit_job(args, work, s["refit"], Path(args.refit_from), ())]
+        if args.t_context:
+            plan.append(t_context_job(args, work, s["t_context"], stage_result(work, "refit", args.keep_final),
+                                      ("refit",)))
+        return plan
     both = args.threads  # a stage that runs alone
     one = max(args.threads // args.parallel, 1)  # two stages side by side get half each
     vae = work / "vae" / "pipeline"
@@ -334,12 +355,7 @@ def stage_plan(args, work: Path) -> list[dict]:
         # 12 min; 36 whole held-out images of train/compare_pipelines.py, t-prediction): t-MAE 20 / 39 / 110 ->
         # 35 / 22 / 70 at n = 7 / 11 / 15, PSNR gain +1.47 -> +1.55 dB (+1.77 / +1.80 / +0.83 -> +1.60 / +1.79 /
         # +1.25: light blurs now read a little long, long ones much less short).
-        plan.append(dict(name="refit", script="train_kernel", needs=("kcn",), threads=both,
-                         argv=[*common_flags(args, work, "refit", s["refit"]), "--init_from", str(work / "kcn_result"),
-                               "--resolution", "192", "--train_batch_size", "4", "--levels_per_group", "3",
-                               "--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
-                               "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0", "--time_weight", "10",
-                               *(["--estimator_global_context"] if args.refit_global_context else [])]))
+        plan.append(refit_job(args, work, s["refit"], work / "kcn_result", ("kcn",)))
     if args.t_context:
         plan.append(t_context_job(args, work, s["t_context"], stage_result(work, "refit", args.keep_final), ("refit",)))
     if not args.refit_t:
@@ -357,6 +373,17 @@ def stage_plan(args, work: Path) -> list[dict]:
     return plan
 
 
+def refit_job(args, work: Path, steps: int, start: Path, needs: tuple) -> dict:
+    """M and T again, alone, on 192 px crops (see ``stage_plan``), with camera speeds ``--refit_speed_range``."""
+    return dict(name="refit", script="train_kernel", needs=needs, threads=args.threads,
+                argv=[*common_flags(args, work, "refit", steps, speed_range=tuple(args.refit_speed_range)),
+                      "--init_from", str(start),
+                      "--resolution", "192", "--train_batch_size", "4", "--levels_per_group", "3",
+                      "--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
+                      "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0", "--time_weight", "10",
+                      *(["--estimator_global_context"] if args.refit_global_context else [])])
+
+
 def t_context_job(args, work: Path, steps: int, start: Path, needs: tuple) -> dict:
     """Not in the paper: T alone again, M and everything else frozen, with a branch that reads the gradient
     autocorrelations of the whole image (``regressor_global_context_radius``), on 256 px crops (about the whole
@@ -368,7 +395,7 @@ def t_context_job(args, work: Path, steps: int, start: Path, needs: tuple) -> di
                 argv=[*common_flags(args, work, "t_context", steps), "--init_from", str(start),
                       "--resolution", "256", "--train_batch_size", "8", "--levels_per_group", "1",
                       "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "50",
-                      "--time_weight", "1", "--time_only",
+                      "--time_weight", "1", "--time_only", "--time_loss", args.t_context_time_loss,
                       "--regressor_global_context_radius", str(args.t_context_radius),
                       *(["--frames", *map(str, args.t_context_frames)] if args.t_context_frames else [])])
 
@@ -486,7 +513,7 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
             if all(stage_done(work, need) for need in job["needs"]):
                 if job["name"] == "kcn":
                     merge_for_kcn(work, args.keep_final, kcn_input_scale(args))
-                if job["name"] in ("time", "refit"):
+                if job["name"] in ("time", "refit") and "kcn" in job["needs"]:
                     copy_kcn_result(work, args.keep_final)
                 if job["name"] in ("base", "base_noct") and args.init_base_from:
                     warm_start_base(work, Path(args.init_base_from))
@@ -609,6 +636,13 @@ def parse_args(argv=None):
                         "unless --refit_t)")
     p.add_argument("--no_refit_estimator", dest="refit_estimator", action="store_false",
                    help="end the recipe with stage 3 (or --refit_t's time stage), as rounds 1-4 did")
+    p.add_argument("--refit_speed_range", type=float, nargs=2, default=REFIT_SPEED_RANGE, metavar=("MIN", "MAX"),
+                   help="camera speeds (px per 240 fps frame) of the refit's training blurs (default: %(default)s, "
+                        "wider than the builder's 1.0-1.6 so that M's kernel lengths follow the blur further; the "
+                        "checkpoints up to round 7 + t_context used 1.0 1.6)")
+    p.add_argument("--refit_from", type=str, default=None,
+                   help="run only the refit (and the t_context stage unless --no_t_context) from this saved "
+                        "pipeline, and export the result")
     p.add_argument("--refit_global_context", action="store_true",
                    help="the refit adds M's whole-image branch (train_kernel.py --estimator_global_context; not in "
                         "the paper) and trains it with the rest of M")
@@ -622,6 +656,8 @@ def parse_args(argv=None):
                    help="reach in px of those autocorrelations (train_kernel.py --regressor_global_context_radius)")
     p.add_argument("--t_context_frames", type=int, nargs="+", default=None,
                    help="blur levels n the t_context stage trains on (default: the recipe's, 5 ... 15)")
+    p.add_argument("--t_context_time_loss", type=str, default="l2", choices=["l2", "l1"],
+                   help="T's loss in the t_context stage (train_kernel.py --time_loss)")
     p.add_argument("--t_context_from", type=str, default=None,
                    help="run only the t_context stage, from this saved pipeline (e.g. a previous checkpoint), and "
                         "export its result")
@@ -646,6 +682,15 @@ def parse_args(argv=None):
         args.refit_estimator = not args.refit_t
     if args.only and "refit" in args.only and not args.refit_estimator:
         p.error("--only refit needs the refit stage (drop --no_refit_estimator)")
+    if args.refit_from:
+        if not Path(args.refit_from, "model_index.json").is_file():
+            p.error(f"--refit_from takes a saved pipeline folder (with model_index.json); got {args.refit_from!r}")
+        if args.t_context_from or args.refit_estimator is False:
+            p.error("--refit_from runs the refit: not with --t_context_from or --no_refit_estimator")
+        args.refit_estimator = True
+    lo, hi = args.refit_speed_range
+    if not 0 < lo <= hi:
+        p.error(f"--refit_speed_range takes MIN MAX with 0 < MIN <= MAX; got {lo} {hi}")
     if args.t_context_from:
         if not Path(args.t_context_from, "model_index.json").is_file():
             p.error(f"--t_context_from takes a saved pipeline folder (with model_index.json); got {args.t_context_from!r}")
@@ -724,7 +769,9 @@ def main(argv=None):
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
                "refit_estimator": args.refit_estimator, "t_context": args.t_context,
                "t_context_radius": args.t_context_radius if args.t_context else None,
-               "t_context_from": args.t_context_from,
+               "t_context_time_loss": args.t_context_time_loss if args.t_context else None,
+               "t_context_from": args.t_context_from, "refit_from": args.refit_from,
+               "refit_speed_range": list(args.refit_speed_range) if args.refit_estimator else None,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,
                "kcn_controlnet_kernels": args.kcn_controlnet_kernels,
                "kcn_true_kernel_fraction": args.kcn_true_kernel_fraction,

@@ -51,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("--time_weight", type=float, default=0.0,
                         help="also fit the t-regressor T on M's DETACHED kernels (L2 on t/1000; not in the paper, "
                              "M's training is unchanged); 0 = M alone, as in the paper")
+    parser.add_argument("--time_loss", type=str, default="l2", choices=["l2", "l1"],
+                        help="of the t-regressor: l2 (the paper's L_time) or l1 (NOT IN THE PAPER: the median of the "
+                             "levels a blur fits, which minimises the t-prediction MAE)")
     common.add_kernel_supervision_args(parser)
     parser.add_argument("--time_only", action="store_true",
                         help="NOT IN THE PAPER: train only the t-regressor T on the frozen M's kernels (time loss "
@@ -78,13 +81,14 @@ class KernelStageModel(nn.Module):
     """M alone: ``forward(batch)`` returns the reblur loss."""
 
     def __init__(self, kernel_estimator, reblur_space: str, timestep_regressor=None, time_weight: float = 0.0,
-                 kernel_weight: float = 0.0, kernel_moment_weight: float = 0.0, time_only: bool = False):
+                 kernel_weight: float = 0.0, kernel_moment_weight: float = 0.0, time_only: bool = False,
+                 time_loss: str = "l2"):
         super().__init__()
         self.kernel_estimator = kernel_estimator
         self.time_only = time_only
         self.timestep_regressor = timestep_regressor if time_weight > 0 else None
         self.reblur_space, self.time_weight, self.kernel_weight = reblur_space, time_weight, kernel_weight
-        self.kernel_moment_weight = kernel_moment_weight
+        self.kernel_moment_weight, self.time_loss = kernel_moment_weight, time_loss
 
     def forward(self, batch: dict) -> dict:
         from fidediff_pipeline.losses import reblur_loss
@@ -99,7 +103,7 @@ class KernelStageModel(nn.Module):
                 kernels = self.kernel_estimator(image)
             timesteps = batch["timesteps"].to(device)
             predicted = self.timestep_regressor(kernels, image)
-            t_loss = time_regression_loss(predicted, timesteps)
+            t_loss = time_regression_loss(predicted, timesteps, norm=self.time_loss)
             return {"loss": self.time_weight * t_loss, "time": t_loss.detach(),
                     "t_mae": (predicted.detach() - timesteps.float()).abs().mean()}
         kernels = self.kernel_estimator(image)
@@ -112,7 +116,7 @@ class KernelStageModel(nn.Module):
 
             timesteps = batch["timesteps"].to(device)
             predicted = self.timestep_regressor(kernels.detach(), image)
-            t_loss = time_regression_loss(predicted, timesteps)
+            t_loss = time_regression_loss(predicted, timesteps, norm=self.time_loss)
             loss = loss + self.time_weight * t_loss
             logs.update(time=t_loss.detach(), t_mae=(predicted.detach() - timesteps.float()).abs().mean())
         return {"loss": loss, **logs}
@@ -145,7 +149,8 @@ class KernelStage(common.Stage):
         if args.time_weight > 0:
             kcn.timestep_regressor.requires_grad_(True).train()
         self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight,
-                                      args.kernel_weight, args.kernel_moment_weight, args.time_only)
+                                      args.kernel_weight, args.kernel_moment_weight, args.time_only,
+                                      args.time_loss)
         self.with_kernels = not args.time_only and (args.kernel_weight > 0 or args.kernel_moment_weight > 0)
 
     @torch.no_grad()
