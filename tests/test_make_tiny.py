@@ -166,6 +166,30 @@ def test_compare_pipelines_scores_whole_held_out_photos_and_refuses_the_evaluati
     assert "t-MAE" in capsys.readouterr().out
 
 
+def test_compare_pipelines_scores_training_photos_on_request(tmp_path, capsys):
+    """--photos train: the same scores on make_tiny's training photos (here one of them, through ``compare``)."""
+    from fidediff_pipeline import DEFAULT_MODEL
+    from train import compare_pipelines
+
+    results = compare_pipelines.compare([DEFAULT_MODEL], 5, 1, "auto", photos=(("skimage", "astronaut"),),
+                                        kernels=True)
+    row = results[DEFAULT_MODEL]
+    assert [(r["length"], r["angle"]) for r in row["kernels"]] == [(n, a) for n in (9, 15, 21) for a in (0, 45, 90, 135)]
+    assert all(r["angle_error"] <= 20 for r in row["kernels"])  # the bundled M points along straight blurs
+    with pytest.raises(ValueError, match="needs training photos"):
+        compare_pipelines.compare([DEFAULT_MODEL], 5, 1, "auto", kernels=True)
+    assert sorted(row["gain"]) == [7, 11, 15] and row["mean_gain"] > 0.3
+    assert all(80 <= row["t_mean_predicted"][n] <= 320 for n in (7, 11, 15))
+    assert row["t_mae"][7] == pytest.approx(abs(row["t_mean_predicted"][7] - 120))  # one image per level
+    for bad, message in ((["--opencv_examples", str(tmp_path)], "--opencv_examples goes with --photos train"),
+                         (["--photos", "train", "--opencv_examples", str(tmp_path)], "of OpenCV's sample photos missing"),
+                         (["--photos", "test"], "invalid choice"),
+                         (["--kernels"], "--kernels needs --photos train")):
+        with pytest.raises(SystemExit):
+            compare_pipelines.main([DEFAULT_MODEL, *bad])
+        assert message in capsys.readouterr().err
+
+
 def test_the_results_page_measures_kernel_lengths_on_the_evaluation_blurs():
     """Per level, the true kernels' mean length and the model's: a 9 px horizontal line is ~8.2 px long, and an
     estimator's kernels (softmax over a 19-tap window here) have a length between 0 and the window's diagonal."""

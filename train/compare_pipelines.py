@@ -12,6 +12,13 @@ project's builder with a fresh draw (``--seed``, ``--trajectories`` per photo, l
 t (stage-1 pipelines) or with t-prediction (``--timestep auto``), and prints the PSNR gain over the blurry input
 per level. The evaluation draw of ``train/evaluate_tiny.py`` (seed 2024) is refused: choosing on it would tune
 on the test.
+
+``--photos train`` scores make_tiny's training photos instead (whole images, a fresh draw of trajectories): where
+a pipeline errs the same way on the photos it was trained on, the cause is the model or the data, not a gap between
+training and held-out content. Never choose on that draw either: it tells nothing of unseen photos.
+``--kernels`` adds, with ``--photos train``, the straight-blur kernel table of ``train/evaluate_tiny.py`` (9, 15,
+21 px at 0, 45, 90, 135 degrees) on those photos: on the held-out photos that table has no random draw, so it would
+be the evaluation's own, and a choice made on it would tune on the test.
 """
 
 from __future__ import annotations
@@ -30,16 +37,25 @@ sys.path.insert(0, str(REPO))
 EVALUATION_SEED = 2024  # train/evaluate_tiny.py's default --seed
 
 
-def compare(pipelines: list[str], seed: int, trajectories: int, timestep) -> dict:
-    """``{pipeline: {"gain": {n: dB}, "mean_gain": dB}}`` on one draw of the held-out photos, plus ``"t_mae"``
-    ``{n: MAE}`` where the pipeline predicted t."""
+def compare(pipelines: list[str], seed: int, trajectories: int, timestep, photos=None,
+            opencv_examples: Path | None = None, kernels: bool = False) -> dict:
+    """``{pipeline: {"gain": {n: dB}, "mean_gain": dB}}`` on one draw of the held-out photos (or of ``photos``),
+    plus ``"t_mae"`` and ``"t_mean_predicted"`` ``{n: t}`` where the pipeline predicted t, and with ``kernels``
+    (``photos`` only) ``"kernels"``: ``evaluate_tiny.kernel_direction_scores``'s rows on the sharp ``photos``."""
     import torch  # noqa: F401  (threads are set by the caller)
 
     from fidediff_pipeline import FideDiffPipeline
-    from train.evaluate_tiny import LEVELS, heldout_pairs, input_scores, run_variant
+    from train.evaluate_tiny import LEVELS, heldout_pairs, input_scores, kernel_direction_scores, photo_pairs, run_variant
+    from train.make_tiny import load_photo
+
+    if kernels and photos is None:
+        raise ValueError("kernels=True needs training photos: on the held-out ones the table is the evaluation's")
 
     with tempfile.TemporaryDirectory() as folder:
-        pairs = heldout_pairs(seed, trajectories, Path(folder))
+        if photos is None:
+            pairs = heldout_pairs(seed, trajectories, Path(folder))
+        else:
+            pairs = photo_pairs(photos, seed, trajectories, Path(folder), opencv_examples)
     inputs = input_scores(pairs)
     results = {}
     for path in pipelines:
@@ -50,6 +66,10 @@ def compare(pipelines: list[str], seed: int, trajectories: int, timestep) -> dic
         results[path] = {"gain": gain, "mean_gain": float(np.mean(list(gain.values())))}
         if all("t_mae" in scores[n] for n in LEVELS):
             results[path]["t_mae"] = {n: scores[n]["t_mae"] for n in LEVELS}
+            results[path]["t_mean_predicted"] = {n: scores[n]["t_mean_predicted"] for n in LEVELS}
+        if kernels:
+            sharp = [load_photo(name, opencv_examples) for name in photos]
+            results[path]["kernels"] = kernel_direction_scores(pipe, sharp)
     return results
 
 
@@ -69,10 +89,22 @@ def main(argv=None):
     p.add_argument("--trajectories", type=int, default=4, help="trajectories per held-out photo (x 3 photos x 3 levels)")
     p.add_argument("--timestep", type=parse_timestep, default="true",
                    help="'true' (each image's own t), 'auto' (the Kernel ControlNet's t-prediction) or an integer")
+    p.add_argument("--photos", choices=["heldout", "train"], default="heldout",
+                   help="heldout: coffee, chelsea, china (choose on these); train: make_tiny's training photos "
+                        "(is an error the model's or the content's?)")
+    p.add_argument("--opencv_examples", type=str, default=None,
+                   help="with --photos train: Debian opencv-doc's examples folder, to add OpenCV's sample photos")
+    p.add_argument("--kernels", action="store_true",
+                   help="with --photos train: also the straight-blur kernel table (direction and length errors)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
-    if args.seed == EVALUATION_SEED:
+    if args.opencv_examples and args.photos != "train":
+        p.error("--opencv_examples goes with --photos train")
+    if args.kernels and args.photos != "train":
+        p.error("--kernels needs --photos train: on the held-out photos the straight-blur table is the evaluation's "
+                "own (no random draw), and choosing on it would tune on the test")
+    if args.seed == EVALUATION_SEED and args.photos == "heldout":
         p.error(f"--seed {EVALUATION_SEED} is train/evaluate_tiny.py's evaluation draw: choosing a pipeline on it "
                 "would tune on the test; take another seed")
     if args.trajectories < 1:
@@ -83,13 +115,33 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    results = compare(args.pipelines, args.seed, args.trajectories, args.timestep)
-    print(f"PSNR gain over the blurry input (dB), whole held-out photos, seed {args.seed}, "
+    photos = None
+    if args.photos == "train":
+        from train.make_tiny import OPENCV_PHOTOS, TRAIN_PHOTOS
+
+        examples = Path(args.opencv_examples) if args.opencv_examples else None
+        if examples is not None:
+            missing = [name for _, name in OPENCV_PHOTOS if not (examples / name).is_file()]
+            if missing:
+                p.error(f"--opencv_examples {args.opencv_examples}: {len(missing)} of {len(OPENCV_PHOTOS)} of "
+                        f"OpenCV's sample photos missing, e.g. {missing[0]}")
+        photos = TRAIN_PHOTOS + (OPENCV_PHOTOS if examples is not None else ())
+    results = compare(args.pipelines, args.seed, args.trajectories, args.timestep, photos,
+                      Path(args.opencv_examples) if args.opencv_examples else None, args.kernels)
+    what = "held-out" if photos is None else f"TRAINING ({len(photos)})"
+    print(f"PSNR gain over the blurry input (dB), whole {what} photos, seed {args.seed}, "
           f"{args.trajectories} trajectories per photo, timestep {args.timestep}:")
     for path, row in results.items():
         per_level = " ".join(f"n={n}: {g:+.3f}" for n, g in row["gain"].items())
         t_mae = " ".join(f"{row['t_mae'][n]:.0f}" for n in row["t_mae"]) if "t_mae" in row else ""
-        print(f"  {path}: {per_level}  mean {row['mean_gain']:+.3f}" + (f"  t-MAE {t_mae}" if t_mae else ""))
+        t_mean = " ".join(f"{row['t_mean_predicted'][n]:.0f}" for n in row["t_mae"]) if "t_mae" in row else ""
+        print(f"  {path}: {per_level}  mean {row['mean_gain']:+.3f}"
+              + (f"  t-MAE {t_mae}  mean predicted t {t_mean}" if t_mae else ""))
+        for length in sorted({r["length"] for r in row.get("kernels", [])}):
+            rows = [r for r in row["kernels"] if r["length"] == length]
+            print(f"    straight {length} px blurs at " + "/".join(str(r["angle"]) for r in rows) + " deg: length "
+                  + " ".join(f"{r['estimated_length'] - r['true_length']:+.1f} px ({r['length_error']:.0%})" for r in rows)
+                  + ", direction off " + " ".join(f"{r['angle_error']:.1f}" for r in rows) + " deg")
     if args.out:
         from fidediff_pipeline.atomic_io import write_text_atomic
 

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from train.make_tiny import (  # noqa: E402
-    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, SPEED_RANGE, TRAIN_PHOTOS, UPSCALE, load_photo, photo_label,
-    stage_result,
+    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, OPENCV_EXAMPLES, SPEED_RANGE, TRAIN_PHOTOS, UPSCALE, load_photo,
+    photo_label, stage_result,
 )
 
 from fidediff_pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
@@ -52,15 +52,20 @@ KERNEL_ANGLES = (0, 45, 90, 135)
 
 def heldout_pairs(seed: int, trajectories: int, folder: Path) -> list[dict]:
     """(sharp, blurry, n, t) uint8 arrays of the held-out photos, from the project's builder, with the true kernel."""
+    return photo_pairs(HELDOUT_PHOTOS, seed, trajectories, folder)
+
+
+def photo_pairs(names, seed: int, trajectories: int, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES) -> list[dict]:
+    """``heldout_pairs`` of any of make_tiny's photos (``("skimage", "coffee")``, ...) at levels ``LEVELS``."""
     from PIL import Image
 
     from fidediff_pipeline.data import TrajectoryConfig, load_kernel, read_manifest, synthesize_trajectory_set
 
     photos = []
-    for name in HELDOUT_PHOTOS:
+    for name in names:
         path = folder / "photos" / f"{photo_label(name)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(load_photo(name)).save(path)
+        Image.fromarray(load_photo(name, opencv_examples)).save(path)
         photos.append(path)
     report = synthesize_trajectory_set(photos, folder / "set", frames=LEVELS, seed=seed,
                                        kernel_size=DATA_KERNEL_SIZE, trajectories_per_image=trajectories,

@@ -47,10 +47,12 @@
     # round 7 + t_context + refit (this checkpoint): M and T refitted once more from the previous checkpoint
     # (runs/tctx2_export) with wider camera speeds (--refit_speed_range, default 0.7 2.0 since), then T alone again
     # with the L1 time loss and the next seed
+    # (one thread each; rerun so from commit a237c6a's checkpoint, they reproduce it up to float rounding:
+    # docs/tiny_results.md, 'Training run')
     python train/make_tiny.py --work_dir runs/refit2 --refit_from runs/tctx2_export --steps refit=400 \
-        --no_t_context --export_dir runs/refit2_export
+        --no_t_context --threads 1 --export_dir runs/refit2_export
     python train/make_tiny.py --work_dir runs/tctx3 --t_context_from runs/refit2_export --seed 2 \
-        --t_context_time_loss l1
+        --t_context_time_loss l1 --threads 1 --export_dir runs/tctx3_export
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them;
     # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated;
     # rounds 5-7 before the t_context stage: add --no_t_context; every round before this checkpoint refitted at the
