@@ -181,10 +181,16 @@ def test_compare_pipelines_scores_training_photos_on_request(tmp_path, capsys):
     assert sorted(row["gain"]) == [7, 11, 15] and row["mean_gain"] > 0.3
     assert all(80 <= row["t_mean_predicted"][n] <= 320 for n in (7, 11, 15))
     assert row["t_mae"][7] == pytest.approx(abs(row["t_mean_predicted"][7] - 120))  # one image per level
+    from train.evaluate_tiny import photo_pairs
+
+    for side, shape in ((None, (303, 384)), (256, (256, 324))):  # coins ships at 303 x 384
+        pairs = photo_pairs((("skimage", "coins"),), 1, 1, tmp_path / str(side), short_side=side)
+        assert [p["sharp"].shape[:2] for p in pairs] == [shape] * 3 and [p["n"] for p in pairs] == [7, 11, 15]
     for bad, message in ((["--opencv_examples", str(tmp_path)], "--opencv_examples goes with --photos train"),
                          (["--photos", "train", "--opencv_examples", str(tmp_path)], "of OpenCV's sample photos missing"),
                          (["--photos", "test"], "invalid choice"),
-                         (["--kernels"], "--kernels needs --photos train")):
+                         (["--kernels"], "--kernels needs --photos train"),
+                         (["--short_side", "huge"], "--short_side takes a size in px")):
         with pytest.raises(SystemExit):
             compare_pipelines.main([DEFAULT_MODEL, *bad])
         assert message in capsys.readouterr().err
@@ -346,3 +352,47 @@ def test_t_read_from_a_noisy_blur_length_errs_more_than_from_the_exact_one():
     assert sorted(exact) == [7, 11, 15] and sorted(noisy) == [7, 11, 15]
     assert 5 < exact[15]["t_mae"] < 60 and noisy[15]["t_mae"] > exact[15]["t_mae"] + 5
     assert exact[7]["length_px_5_95"][1] < exact[15]["length_px_5_95"][1]
+
+
+def test_training_photos_at_several_short_sides_never_upsampled(tmp_path, capsys):
+    from PIL import Image
+
+    photos = (("skimage", "astronaut"), ("skimage", "coins"))  # ship at 512 x 512 and 303 x 384
+    paths = make_tiny.write_photos(photos, tmp_path, short_sides=(256, 384, 512))
+    sizes = {p.name: min(Image.open(p).size) for p in paths}
+    assert sizes == {"astronaut.png": 256, "astronaut_s384.png": 384, "astronaut_s512.png": 512, "coins.png": 256}
+    assert make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos"]).train_short_sides == [256, 384, 512]
+    with pytest.raises(SystemExit):
+        make_tiny.parse_args(["--work_dir", str(tmp_path), "--no_opencv_photos", "--train_short_sides", "384"])
+    assert "--train_short_sides must include 256" in capsys.readouterr().err
+
+
+def test_base_from_runs_stage_1_alone_and_exports_its_start_with_the_new_unet(tmp_path, capsys):
+    import torch
+
+    from fidediff_pipeline import FideDiffPipeline
+    from fidediff_pipeline.presets import build_pipeline
+
+    start, other = tmp_path / "start", tmp_path / "other"
+    build_pipeline("tiny", seed=0).save_pretrained(start)
+    build_pipeline("tiny", seed=1).save_pretrained(other)
+    args = make_tiny.parse_args(["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", "--base_from", str(start),
+                                 "--base_seed", "7", "--steps", "base=30"])
+    assert args.init_base_from == str(start) and "base" in args.keep_final  # the final UNet, not the best on 18 crops
+    [job] = make_tiny.stage_plan(args, tmp_path / "work")
+    argv = job["argv"]
+    assert job["name"] == "base" and job["needs"] == () and argv[argv.index("--max_train_steps") + 1] == "30"
+    assert argv[len(argv) - 1 - argv[::-1].index("--init_from") + 1] == str(tmp_path / "work" / "base_init")
+    assert argv[len(argv) - 1 - argv[::-1].index("--seed") + 1] == "7"  # later flags win
+    make_tiny.export_checkpoint(start, tmp_path / "export", unet_from=other)
+    exported, a, b = (FideDiffPipeline.from_pretrained(p) for p in (tmp_path / "export", start, other))
+    for name, value in exported.unet.state_dict().items():
+        assert torch.equal(value, b.unet.state_dict()[name])
+    for part in ("kernel_controlnet", "vae"):
+        mine, theirs = getattr(exported, part).state_dict(), getattr(a, part).state_dict()
+        assert all(torch.equal(value, theirs[name]) for name, value in mine.items())
+    for bad, message in ((["--base_from", str(tmp_path)], "--base_from takes a saved pipeline"),
+                         (["--base_from", str(start), "--refit_from", str(start)], "--base_from runs stage 1 alone")):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args(["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", *bad])
+        assert message in capsys.readouterr().err

@@ -38,24 +38,23 @@ EVALUATION_SEED = 2024  # train/evaluate_tiny.py's default --seed
 
 
 def compare(pipelines: list[str], seed: int, trajectories: int, timestep, photos=None,
-            opencv_examples: Path | None = None, kernels: bool = False) -> dict:
+            opencv_examples: Path | None = None, kernels: bool = False, short_side: int | None = 256) -> dict:
     """``{pipeline: {"gain": {n: dB}, "mean_gain": dB}}`` on one draw of the held-out photos (or of ``photos``),
     plus ``"t_mae"`` and ``"t_mean_predicted"`` ``{n: t}`` where the pipeline predicted t, and with ``kernels``
-    (``photos`` only) ``"kernels"``: ``evaluate_tiny.kernel_direction_scores``'s rows on the sharp ``photos``."""
+    (``photos`` only) ``"kernels"``: ``evaluate_tiny.kernel_direction_scores``'s rows on the sharp ``photos``.
+    ``short_side``: the photos' short side in px before blurring (``None``: as they ship)."""
     import torch  # noqa: F401  (threads are set by the caller)
 
     from fidediff_pipeline import FideDiffPipeline
-    from train.evaluate_tiny import LEVELS, heldout_pairs, input_scores, kernel_direction_scores, photo_pairs, run_variant
-    from train.make_tiny import load_photo
+    from train.evaluate_tiny import LEVELS, input_scores, kernel_direction_scores, photo_pairs, run_variant
+    from train.make_tiny import HELDOUT_PHOTOS, OPENCV_EXAMPLES, load_photo
 
     if kernels and photos is None:
         raise ValueError("kernels=True needs training photos: on the held-out ones the table is the evaluation's")
 
     with tempfile.TemporaryDirectory() as folder:
-        if photos is None:
-            pairs = heldout_pairs(seed, trajectories, Path(folder))
-        else:
-            pairs = photo_pairs(photos, seed, trajectories, Path(folder), opencv_examples)
+        pairs = photo_pairs(HELDOUT_PHOTOS if photos is None else photos, seed, trajectories, Path(folder),
+                            opencv_examples or OPENCV_EXAMPLES, short_side)
     inputs = input_scores(pairs)
     results = {}
     for path in pipelines:
@@ -68,7 +67,7 @@ def compare(pipelines: list[str], seed: int, trajectories: int, timestep, photos
             results[path]["t_mae"] = {n: scores[n]["t_mae"] for n in LEVELS}
             results[path]["t_mean_predicted"] = {n: scores[n]["t_mean_predicted"] for n in LEVELS}
         if kernels:
-            sharp = [load_photo(name, opencv_examples) for name in photos]
+            sharp = [load_photo(name, opencv_examples or OPENCV_EXAMPLES) for name in photos]
             results[path]["kernels"] = kernel_direction_scores(pipe, sharp)
     return results
 
@@ -80,6 +79,18 @@ def parse_timestep(value: str):
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--timestep takes 'true', 'auto' or an integer; got {value!r}") from None
+
+
+def parse_short_side(value: str):
+    if value == "native":
+        return None
+    try:
+        side = int(value)
+    except ValueError:
+        side = 0
+    if side < 64:
+        raise argparse.ArgumentTypeError(f"--short_side takes a size in px (at least 64) or 'native'; got {value!r}")
+    return side
 
 
 def main(argv=None):
@@ -94,6 +105,9 @@ def main(argv=None):
                         "(is an error the model's or the content's?)")
     p.add_argument("--opencv_examples", type=str, default=None,
                    help="with --photos train: Debian opencv-doc's examples folder, to add OpenCV's sample photos")
+    p.add_argument("--short_side", type=parse_short_side, default=256,
+                   help="the photos' short side in px before blurring (default 256, as in training and the "
+                        "evaluation), or 'native': each photo at the size it ships in (finer detail per pixel)")
     p.add_argument("--kernels", action="store_true",
                    help="with --photos train: also the straight-blur kernel table (direction and length errors)")
     p.add_argument("--threads", type=int, default=2)
@@ -127,9 +141,10 @@ def main(argv=None):
                         f"OpenCV's sample photos missing, e.g. {missing[0]}")
         photos = TRAIN_PHOTOS + (OPENCV_PHOTOS if examples is not None else ())
     results = compare(args.pipelines, args.seed, args.trajectories, args.timestep, photos,
-                      Path(args.opencv_examples) if args.opencv_examples else None, args.kernels)
+                      Path(args.opencv_examples) if args.opencv_examples else None, args.kernels, args.short_side)
     what = "held-out" if photos is None else f"TRAINING ({len(photos)})"
-    print(f"PSNR gain over the blurry input (dB), whole {what} photos, seed {args.seed}, "
+    size = "as shipped" if args.short_side is None else f"short side {args.short_side} px"
+    print(f"PSNR gain over the blurry input (dB), whole {what} photos ({size}), seed {args.seed}, "
           f"{args.trajectories} trajectories per photo, timestep {args.timestep}:")
     for path, row in results.items():
         per_level = " ".join(f"n={n}: {g:+.3f}" for n, g in row["gain"].items())

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from train.make_tiny import (  # noqa: E402
-    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, OPENCV_EXAMPLES, SPEED_RANGE, TRAIN_PHOTOS, UPSCALE, load_photo,
-    photo_label, stage_result,
+    DATA_KERNEL_SIZE, DEAD_LEAVES, HELDOUT_PHOTOS, OPENCV_EXAMPLES, SHORT_SIDE, SPEED_RANGE, TRAIN_PHOTOS, UPSCALE,
+    load_photo, photo_label, shipped_photo, stage_result,
 )
 
 from fidediff_pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
@@ -55,8 +55,10 @@ def heldout_pairs(seed: int, trajectories: int, folder: Path) -> list[dict]:
     return photo_pairs(HELDOUT_PHOTOS, seed, trajectories, folder)
 
 
-def photo_pairs(names, seed: int, trajectories: int, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES) -> list[dict]:
-    """``heldout_pairs`` of any of make_tiny's photos (``("skimage", "coffee")``, ...) at levels ``LEVELS``."""
+def photo_pairs(names, seed: int, trajectories: int, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES,
+                short_side: int | None = SHORT_SIDE) -> list[dict]:
+    """``heldout_pairs`` of any of make_tiny's photos (``("skimage", "coffee")``, ...) at levels ``LEVELS``, short
+    side resized to ``short_side`` px (``None``: each photo at the size it ships in)."""
     from PIL import Image
 
     from fidediff_pipeline.data import TrajectoryConfig, load_kernel, read_manifest, synthesize_trajectory_set
@@ -65,7 +67,8 @@ def photo_pairs(names, seed: int, trajectories: int, folder: Path, opencv_exampl
     for name in names:
         path = folder / "photos" / f"{photo_label(name)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(load_photo(name, opencv_examples)).save(path)
+        photo = shipped_photo(name, opencv_examples) if short_side is None else load_photo(name, opencv_examples, short_side)
+        Image.fromarray(photo).save(path)
         photos.append(path)
     report = synthesize_trajectory_set(photos, folder / "set", frames=LEVELS, seed=seed,
                                        kernel_size=DATA_KERNEL_SIZE, trajectories_per_image=trajectories,

@@ -171,6 +171,11 @@ T_CONTEXT_RADIUS = 32
 # mean (docs/tiny_results.md; the kernel test's straight 21 px blurs on held-out crops read 24-40% short with the
 # checkpoint refitted at 1.0-1.6, 17-33% after a refit at these speeds)
 REFIT_SPEED_RANGE = (0.7, 2.0)
+# Short sides (px) at which the training photos are written (each where the photo ships at least that large): 256
+# alone gave a model that deblurred photos at 256 px far better than the same photos at their own size (held-out
+# coffee, chelsea, china at 300-427 px: +1.35 dB against +1.76 at 256 px; docs/tiny_results.md), so stage 1 also
+# sees finer detail per pixel.
+TRAIN_SHORT_SIDES = (256, 384, 512)
 
 
 def photo_label(source_name) -> str:
@@ -180,8 +185,8 @@ def photo_label(source_name) -> str:
     return name
 
 
-def load_photo(name, opencv_examples: Path = OPENCV_EXAMPLES) -> np.ndarray:
-    """A sample photo (``"coffee"`` or ``(source, name)``) as uint8 RGB, short side resized to 256 px (antialiased)."""
+def shipped_photo(name, opencv_examples: Path = OPENCV_EXAMPLES) -> np.ndarray:
+    """A sample photo (``"coffee"`` or ``(source, name)``) as uint8 RGB, at the size it ships in."""
     from PIL import Image
 
     source, name = ("skimage", name) if isinstance(name, str) else name
@@ -203,13 +208,25 @@ def load_photo(name, opencv_examples: Path = OPENCV_EXAMPLES) -> np.ndarray:
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     image = image[..., :3]
+    return image
+
+
+def load_photo(name, opencv_examples: Path = OPENCV_EXAMPLES, short_side: int = SHORT_SIDE) -> np.ndarray:
+    """A sample photo (``"coffee"`` or ``(source, name)``) as uint8 RGB, short side resized to ``short_side`` px
+    (antialiased; 256 unless said)."""
+    from PIL import Image
+
+    image = shipped_photo(name, opencv_examples)
     h, w = image.shape[:2]
-    scale = SHORT_SIDE / min(h, w)
-    size = (max(SHORT_SIDE, round(w * scale)), max(SHORT_SIDE, round(h * scale)))
+    scale = short_side / min(h, w)
+    size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def write_photos(names, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES) -> list[Path]:
+def write_photos(names, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES,
+                 short_sides: tuple[int, ...] = (SHORT_SIDE,)) -> list[Path]:
+    """Each photo as a PNG in ``folder``, once per short side in ``short_sides`` that it has natively (256 px
+    always; a larger size only where the photo is at least that large: no upsampled copies)."""
     from PIL import Image
 
     from fidediff_pipeline.atomic_io import atomic_path
@@ -217,11 +234,14 @@ def write_photos(names, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES) -
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:
-        path = folder / f"{photo_label(name)}.png"
-        if not path.exists():
-            with atomic_path(path) as tmp:
-                Image.fromarray(load_photo(name, opencv_examples)).save(tmp, format="PNG")
-        paths.append(path)
+        for side in short_sides:
+            if side != SHORT_SIDE and side > min(shipped_photo(name, opencv_examples).shape[:2]):
+                continue
+            path = folder / (f"{photo_label(name)}.png" if side == SHORT_SIDE else f"{photo_label(name)}_s{side}.png")
+            if not path.exists():
+                with atomic_path(path) as tmp:
+                    Image.fromarray(load_photo(name, opencv_examples, side)).save(tmp, format="PNG")
+            paths.append(path)
     return paths
 
 
@@ -308,6 +328,9 @@ def stage_plan(args, work: Path) -> list[dict]:
                         "--seed", str(args.seed + 1 if args.base_seed is None else args.base_seed)]
     else:
         base_flags_1 = base_flags
+    if args.base_from:  # stage 1 alone, continued from a finished pipeline whose other parts are kept (see main)
+        return [dict(name="base", script="train_base", needs=(), threads=both,
+                     argv=[*common_flags(args, work, "base", s["base"]), *base_flags_1])]
     plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
                      argv=[*common_flags(args, work, "base", s["base"]), *base_flags_1]))
     # Stage 2 from the VAE stage's pipeline: only M and T train, and the merge below gives stage 3 a ControlNet
@@ -568,15 +591,20 @@ Not evaluated yet: run `python train/evaluate_tiny.py`.
 """
 
 
-def export_checkpoint(source: Path, export: Path) -> None:
-    """Save the final pipeline to the bundled checkpoint location (to a temporary folder, then renamed)."""
-    from fidediff_pipeline import FideDiffPipeline
+def export_checkpoint(source: Path, export: Path, unet_from: Path | None = None) -> None:
+    """Save the final pipeline to the bundled checkpoint location (to a temporary folder, then renamed); with
+    ``unet_from``, ``source`` with its UNet replaced by that pipeline's (``--base_from``)."""
+    from diffusers import UNet2DConditionModel
 
+    from fidediff_pipeline import FideDiffPipeline
     from fidediff_pipeline.atomic_io import atomic_folder
 
     with atomic_folder(export) as tmp:
         # Reload and save (not a file copy): weights and configs, model_index.json naming the installed package.
-        FideDiffPipeline.from_pretrained(source).save_pretrained(tmp)
+        pipe = FideDiffPipeline.from_pretrained(source)
+        if unet_from is not None:
+            pipe.register_modules(unet=UNet2DConditionModel.from_pretrained(Path(unet_from) / "unet"))
+        pipe.save_pretrained(tmp)
         (tmp / "README.md").write_text(MODEL_CARD)
     size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
     logger.info("exported the tiny checkpoint from %s to %s (%.1f MB)", source, export, size / 1e6)
@@ -597,6 +625,10 @@ def parse_args(argv=None):
                    help="cpu (the bundled checkpoint's recipe) or cuda (Accelerate picks the GPU)")
     p.add_argument("--init_base_from", type=str, default=None,
                    help="warm-start stage 1 from this pipeline's UNet (weights that fit the tiny preset's UNet)")
+    p.add_argument("--base_from", type=str, default=None,
+                   help="run only stage 1, warm-started from this saved pipeline's UNet (as --init_base_from), and "
+                        "export that pipeline with stage 1's final UNet in place of its own (Kernel ControlNet, VAE "
+                        "and the rest kept)")
     p.add_argument("--base_seed", type=int, default=None,
                    help="seed of a warm-started stage 1 (default --seed + 1); a further round from a warm-started "
                         "result takes another one, so it does not replay its start's crops and trajectories")
@@ -665,6 +697,10 @@ def parse_args(argv=None):
                         "export its result")
     p.add_argument("--opencv_examples", type=str, default=str(OPENCV_EXAMPLES),
                    help="Debian opencv-doc's examples folder: OPENCV_PHOTOS are trained on from there")
+    p.add_argument("--train_short_sides", type=int, nargs="+", default=list(TRAIN_SHORT_SIDES), metavar="PX",
+                   help="write each training photo at these short sides (256 always; larger ones only where the photo "
+                        "ships at least that large), so that training sees finer detail per pixel as well "
+                        "(default: %(default)s; checkpoints up to commit c3ac2ae's used 256 only)")
     p.add_argument("--no_opencv_photos", dest="opencv_photos", action="store_false",
                    help="train without OpenCV's sample photos (the recipe before they were added)")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(STEPS),
@@ -684,12 +720,21 @@ def parse_args(argv=None):
         args.refit_estimator = not args.refit_t
     if args.only and "refit" in args.only and not args.refit_estimator:
         p.error("--only refit needs the refit stage (drop --no_refit_estimator)")
+    if args.base_from:
+        if not Path(args.base_from, "model_index.json").is_file():
+            p.error(f"--base_from takes a saved pipeline folder (with model_index.json); got {args.base_from!r}")
+        if args.refit_from or args.t_context_from or args.init_base_from:
+            p.error("--base_from runs stage 1 alone: not with --refit_from, --t_context_from or --init_base_from")
+        args.init_base_from = args.base_from
+        args.keep_final = sorted({*args.keep_final, "base"})
     if args.refit_from:
         if not Path(args.refit_from, "model_index.json").is_file():
             p.error(f"--refit_from takes a saved pipeline folder (with model_index.json); got {args.refit_from!r}")
         if args.t_context_from or args.refit_estimator is False:
             p.error("--refit_from runs the refit: not with --t_context_from or --no_refit_estimator")
         args.refit_estimator = True
+    if SHORT_SIDE not in args.train_short_sides or min(args.train_short_sides) < SHORT_SIDE:
+        p.error(f"--train_short_sides must include {SHORT_SIDE} and nothing smaller; got {args.train_short_sides}")
     lo, hi = args.refit_speed_range
     if not 0 < lo <= hi:
         p.error(f"--refit_speed_range takes MIN MAX with 0 < MIN <= MAX; got {lo} {hi}")
@@ -740,7 +785,8 @@ def main(argv=None):
     t0 = time.time()
 
     train_dir = work / "photos" / "train"
-    write_photos(TRAIN_PHOTOS + (OPENCV_PHOTOS if args.opencv_photos else ()), train_dir, Path(args.opencv_examples))
+    write_photos(TRAIN_PHOTOS + (OPENCV_PHOTOS if args.opencv_photos else ()), train_dir, Path(args.opencv_examples),
+                 tuple(args.train_short_sides))
     write_dead_leaves(DEAD_LEAVES, train_dir, args.seed)
     heldout = write_photos(HELDOUT_PHOTOS, work / "photos" / "heldout")
     manifest = build_heldout_set(heldout, work / "data" / "heldout", args.seed)
@@ -751,9 +797,12 @@ def main(argv=None):
     if args.only:
         logger.info("stages %s done (--only: no export)", args.only)
         return {"stage_minutes": timings}
-    final_stage = ("t_context" if args.t_context else "refit" if args.refit_estimator else "time" if args.refit_t
-                   else "kcn")
-    export_checkpoint(stage_result(work, final_stage, args.keep_final), Path(args.export_dir))
+    final_stage = ("base" if args.base_from else "t_context" if args.t_context else "refit" if args.refit_estimator
+                   else "time" if args.refit_t else "kcn")
+    if args.base_from:  # the starting pipeline with its UNet replaced by stage 1's (its final one: --keep_final base)
+        export_checkpoint(Path(args.base_from), Path(args.export_dir), unet_from=stage_result(work, "base", args.keep_final))
+    else:
+        export_checkpoint(stage_result(work, final_stage, args.keep_final), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # Minutes per stage: each stage's own training time (train_summary.json), so stages that finished in an
@@ -772,7 +821,8 @@ def main(argv=None):
                "refit_estimator": args.refit_estimator, "t_context": args.t_context,
                "t_context_radius": args.t_context_radius if args.t_context else None,
                "t_context_time_loss": args.t_context_time_loss if args.t_context else None,
-               "t_context_from": args.t_context_from, "refit_from": args.refit_from,
+               "t_context_from": args.t_context_from, "refit_from": args.refit_from, "base_from": args.base_from,
+               "train_short_sides": args.train_short_sides,
                "refit_speed_range": list(args.refit_speed_range) if args.refit_estimator else None,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,
                "kcn_controlnet_kernels": args.kcn_controlnet_kernels,
