@@ -44,7 +44,7 @@
     python train/make_tiny.py --work_dir runs/tctx --t_context_from runs/round7 --export_dir runs/tctx_export
     python train/make_tiny.py --work_dir runs/tctx2 --t_context_from runs/tctx_export --seed 1 \
         --export_dir runs/tctx2_export
-    # round 7 + t_context + refit (this checkpoint): M and T refitted once more from the previous checkpoint
+    # round 7 + t_context + refit (commit c3ac2ae's checkpoint): M and T refitted once more from the previous checkpoint
     # (runs/tctx2_export) with wider camera speeds (--refit_speed_range, default 0.7 2.0 since), then T alone again
     # with the L1 time loss and the next seed
     # (one thread each; rerun so from commit a237c6a's checkpoint, they reproduce it up to float rounding:
@@ -53,15 +53,23 @@
         --no_t_context --threads 1 --export_dir runs/refit2_export
     python train/make_tiny.py --work_dir runs/tctx3 --t_context_from runs/refit2_export --seed 2 \
         --t_context_time_loss l1 --threads 1 --export_dir runs/tctx3_export
+    # round 8 (this checkpoint): stage 1 continued twice from that checkpoint (commit c3ac2ae's) with the training
+    # photos also at short sides 384 and 512 px (--train_short_sides, the default since), 2400 steps each, the next two
+    # seeds; the Kernel ControlNet (M, T, F, C), VAE and prompt embedding kept (about 16 min each on two threads)
+    python train/make_tiny.py --work_dir runs/r8 --base_from runs/tctx3_export --base_seed 7 --steps base=2400 \
+        --export_dir runs/r8_export
+    python train/make_tiny.py --work_dir runs/r9 --base_from runs/r8_export --base_seed 8 --steps base=2400
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them;
     # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated;
-    # rounds 5-7 before the t_context stage: add --no_t_context; every round before this checkpoint refitted at the
-    # builder's camera speeds: add --refit_speed_range 1.0 1.6)
+    # rounds 5-7 before the t_context stage: add --no_t_context; rounds before commit c3ac2ae's checkpoint refitted
+    # at the builder's camera speeds: add --refit_speed_range 1.0 1.6; every round before round 8 trained on photos at
+    # 256 px only: add --train_short_sides 256)
     (see docs/tiny_results.md for the times and learning curves)
 
 Steps (all deterministic given ``--seed`` and the device):
 1. training content (``<work_dir>/photos/train``): every usable sample photo that installed packages ship, short
-   side resized to 256 px: scikit-image's colour photos (astronaut, rocket, hubble deep field,
+   side resized to 256 px and, where the photo ships that large, also to 384 and 512 px (``--train_short_sides``):
+   scikit-image's colour photos (astronaut, rocket, hubble deep field,
    immunohistochemistry, retina, motorcycle left and right), scikit-learn's ``flower``, scikit-image's grey photos
    as RGB (brick, camera, grass, gravel, moon, clock, coins), the 23 ``OPENCV_PHOTOS`` of OpenCV's sample data
    (Debian's ``opencv-doc`` package: ``apt-get install opencv-doc``, or ``--opencv_examples DIR``), plus
@@ -573,8 +581,9 @@ blur kernel per 4x4 pixels from a kernel estimator that also reads the local aut
 gradients, and a t-regressor that also reads the whole image's gradient autocorrelations, both not in the paper),
 trained on a 2-core CPU by
 `python train/make_tiny.py` on 15 sample photos (scikit-image, scikit-learn), 23 photos of OpenCV's sample data
-(Debian's opencv-doc) and 16 procedural dead-leaves images with synthetic hand-held camera-shake blur (240 fps frames averaged, n = 5-15). Expect modest sharpening of mild
-motion blur on small photos, not the paper's quality; it exists so that the demo, the CLI and the tests run offline.
+(Debian's opencv-doc), each at short sides of 256 px and, where it ships that large, 384 and 512 px, and 16
+procedural dead-leaves images, with synthetic hand-held camera-shake blur (240 fps frames averaged, n = 5-15).
+Expect modest sharpening of motion blur on small photos (most at a short side near 256 px), not the paper's quality; it exists so that the demo, the CLI and the tests run offline.
 For real photos use a FideDiff model trained from Stable Diffusion 2.1-base (`train/README.md`).
 
 ```python
