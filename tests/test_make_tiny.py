@@ -396,3 +396,24 @@ def test_base_from_runs_stage_1_alone_and_exports_its_start_with_the_new_unet(tm
         with pytest.raises(SystemExit):
             make_tiny.parse_args(["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", *bad])
         assert message in capsys.readouterr().err
+
+
+def test_kcn_from_runs_stage_3_alone_with_m_and_t_frozen(tmp_path, capsys):
+    start = tmp_path / "start"
+    (start / "kernel_controlnet").mkdir(parents=True)
+    (start / "model_index.json").write_text("{}")
+    args = make_tiny.parse_args(["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", "--kcn_from", str(start),
+                                 "--steps", "kcn=40"])
+    assert "kcn" in args.keep_final
+    [job] = make_tiny.stage_plan(args, tmp_path / "work")
+    argv = job["argv"]
+    assert job["name"] == "kcn" and job["needs"] == () and argv[argv.index("--init_from") + 1] == str(start)
+    assert "--freeze_estimator" in argv and argv[len(argv) - 1 - argv[::-1].index("--learning_rate") + 1] == "2e-4"
+    assert argv[argv.index("--max_train_steps") + 1] == "40"
+    (tmp_path / "no_kcn").mkdir()
+    (tmp_path / "no_kcn" / "model_index.json").write_text("{}")
+    for bad, message in ((["--kcn_from", str(tmp_path / "no_kcn")], "with a Kernel ControlNet"),
+                         (["--kcn_from", str(start), "--t_context_from", str(start)], "--kcn_from runs stage 3 alone")):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args(["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", *bad])
+        assert message in capsys.readouterr().err

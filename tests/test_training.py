@@ -857,3 +857,22 @@ def test_time_only_with_the_regressor_context_adds_t_s_whole_image_branch_and_tr
     with pytest.raises(SystemExit):
         train_kernel.parse_args(["--init_from", "x", "--output_dir", "y", "--time_loss", "huber"])
     assert "invalid choice: 'huber'" in capsys.readouterr().err
+
+
+def test_kcn_with_a_frozen_estimator_trains_only_f_and_the_controlnet(data, stage_outputs, tmp_path):
+    """--freeze_estimator (make_tiny --kcn_from): M and T stay bit for bit, F and C change."""
+    from safetensors.torch import load_file
+
+    from train import train_kcn
+
+    start = stage_outputs / "kcn" / "pipeline"
+    out = tmp_path / "kcn_frozen"
+    train_kcn.main(["--init_from", str(start), *_flags(data, out, steps=3), "--lpips_weight", "0",
+                    "--learning_rate", "1e-2", "--freeze_estimator"])
+    before = load_file(next((start / "kernel_controlnet").glob("*.safetensors")))
+    after = load_file(next((out / "pipeline" / "kernel_controlnet").glob("*.safetensors")))
+    frozen = [k for k in before if k.startswith(("kernel_estimator.", "timestep_regressor."))]
+    trained = [k for k in before if not k.startswith(("kernel_estimator.", "timestep_regressor."))]
+    assert frozen and trained
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert sum(not torch.equal(before[k], after[k]) for k in trained) > len(trained) // 2

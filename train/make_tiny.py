@@ -305,6 +305,9 @@ def stage_plan(args, work: Path) -> list[dict]:
     s = {k: max(int(round(v * args.steps_scale)), 2) for k, v in {**STEPS, **args.steps}.items()}
     if args.t_context_from:  # the t_context stage alone, from a finished pipeline (e.g. a bundled checkpoint)
         return [t_context_job(args, work, s["t_context"], Path(args.t_context_from), ())]
+    if args.kcn_from:  # F and C alone (M, T frozen) from a finished pipeline, e.g. after --base_from
+        return [kcn_job(args, work, s["kcn"], Path(args.kcn_from), (), args.threads,
+                        extra=["--freeze_estimator", "--learning_rate", "2e-4"])]
     if args.refit_from:  # the refit (and the t_context stage unless --no_t_context) from a finished pipeline
         plan = [refit_job(args, work, s["refit"], Path(args.refit_from), ())]
         if args.t_context:
@@ -369,16 +372,7 @@ def stage_plan(args, work: Path) -> list[dict]:
     # true t; Kernel ControlNet minus base at t = 200 +0.08 against +0.05). 1600 steps at 5e-4 rather than 400 at
     # 2e-4: measured from the same stage-1 and stage-2 results on the whole held-out images, +1.01 dB against +0.96
     # (true t and t-prediction alike), t-MAE 21 / 42 / 111 against 13 / 47 / 117 at n = 7 / 11 / 15.
-    plan.append(dict(name="kcn", script="train_kcn", needs=("base", "kernel"), threads=one,
-                     argv=[*common_flags(args, work, "kcn", s["kcn"]), "--init_from", str(work / "merged"),
-                           "--resolution", "64", "--train_batch_size", "4", "--levels_per_group", "3",
-                           "--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "30",
-                           "--lpips_weight", "0", "--edge_weight", "0.5", "--fft_weight", "0.5",
-                           "--reblur_weight", "1.0", "--latent_weight", "1.0", "--time_weight", "10",
-                           "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0",
-                           "--unet_timestep", args.kcn_unet_timestep,
-                           "--controlnet_kernels", args.kcn_controlnet_kernels,
-                           "--true_kernel_fraction", str(args.kcn_true_kernel_fraction)]))
+    plan.append(kcn_job(args, work, s["kcn"], work / "merged", ("base", "kernel"), one))
     if args.refit_estimator:
         # Not in the paper: after stage 3, M and T again together (as in stage 2: kernel supervision, T on M's
         # detached kernels) on 192 px crops, everything else frozen. How long a blur is shows far more clearly in
@@ -404,6 +398,20 @@ def stage_plan(args, work: Path) -> list[dict]:
                            "--learning_rate", "1e-3", "--lr_scheduler", "cosine", "--lr_warmup_steps", "50",
                            "--time_weight", "1", "--time_only"]))
     return plan
+
+
+def kcn_job(args, work: Path, steps: int, start: Path, needs: tuple, threads: int, extra=()) -> dict:
+    """Stage 3 (see ``stage_plan``) from ``start``; ``extra`` flags come last and win."""
+    return dict(name="kcn", script="train_kcn", needs=needs, threads=threads,
+                argv=[*common_flags(args, work, "kcn", steps), "--init_from", str(start),
+                      "--resolution", "64", "--train_batch_size", "4", "--levels_per_group", "3",
+                      "--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "30",
+                      "--lpips_weight", "0", "--edge_weight", "0.5", "--fft_weight", "0.5",
+                      "--reblur_weight", "1.0", "--latent_weight", "1.0", "--time_weight", "10",
+                      "--kernel_weight", "1.0", "--kernel_moment_weight", "1.0",
+                      "--unet_timestep", args.kcn_unet_timestep,
+                      "--controlnet_kernels", args.kcn_controlnet_kernels,
+                      "--true_kernel_fraction", str(args.kcn_true_kernel_fraction), *extra])
 
 
 def refit_job(args, work: Path, steps: int, start: Path, needs: tuple) -> dict:
@@ -544,7 +552,7 @@ def run_plan(plan: list[dict], work: Path, args) -> dict:
             if len(running) >= args.parallel:
                 break
             if all(stage_done(work, need) for need in job["needs"]):
-                if job["name"] == "kcn":
+                if job["name"] == "kcn" and "base" in job["needs"]:  # not with --kcn_from
                     merge_for_kcn(work, args.keep_final, kcn_input_scale(args))
                 if job["name"] in ("time", "refit") and "kcn" in job["needs"]:
                     copy_kcn_result(work, args.keep_final)
@@ -638,6 +646,10 @@ def parse_args(argv=None):
                    help="run only stage 1, warm-started from this saved pipeline's UNet (as --init_base_from), and "
                         "export that pipeline with stage 1's final UNet in place of its own (Kernel ControlNet, VAE "
                         "and the rest kept)")
+    p.add_argument("--kcn_from", type=str, default=None,
+                   help="run only stage 3 from this saved pipeline with M and T frozen (train_kcn.py "
+                        "--freeze_estimator, lr 2e-4): F and the ControlNet fitted to its UNet, e.g. after --base_from; "
+                        "exports its final pipeline")
     p.add_argument("--base_seed", type=int, default=None,
                    help="seed of a warm-started stage 1 (default --seed + 1); a further round from a warm-started "
                         "result takes another one, so it does not replay its start's crops and trajectories")
@@ -736,6 +748,12 @@ def parse_args(argv=None):
             p.error("--base_from runs stage 1 alone: not with --refit_from, --t_context_from or --init_base_from")
         args.init_base_from = args.base_from
         args.keep_final = sorted({*args.keep_final, "base"})
+    if args.kcn_from:
+        if not Path(args.kcn_from, "model_index.json").is_file() or not Path(args.kcn_from, "kernel_controlnet").is_dir():
+            p.error(f"--kcn_from takes a saved pipeline folder with a Kernel ControlNet; got {args.kcn_from!r}")
+        if args.base_from or args.refit_from or args.t_context_from:
+            p.error("--kcn_from runs stage 3 alone: not with --base_from, --refit_from or --t_context_from")
+        args.keep_final = sorted({*args.keep_final, "kcn"})
     if args.refit_from:
         if not Path(args.refit_from, "model_index.json").is_file():
             p.error(f"--refit_from takes a saved pipeline folder (with model_index.json); got {args.refit_from!r}")
@@ -806,7 +824,7 @@ def main(argv=None):
     if args.only:
         logger.info("stages %s done (--only: no export)", args.only)
         return {"stage_minutes": timings}
-    final_stage = ("base" if args.base_from else "t_context" if args.t_context else "refit" if args.refit_estimator
+    final_stage = ("base" if args.base_from else "kcn" if args.kcn_from else "t_context" if args.t_context else "refit" if args.refit_estimator
                    else "time" if args.refit_t else "kcn")
     if args.base_from:  # the starting pipeline with its UNet replaced by stage 1's (its final one: --keep_final base)
         export_checkpoint(Path(args.base_from), Path(args.export_dir), unet_from=stage_result(work, "base", args.keep_final))
@@ -830,7 +848,7 @@ def main(argv=None):
                "refit_estimator": args.refit_estimator, "t_context": args.t_context,
                "t_context_radius": args.t_context_radius if args.t_context else None,
                "t_context_time_loss": args.t_context_time_loss if args.t_context else None,
-               "t_context_from": args.t_context_from, "refit_from": args.refit_from, "base_from": args.base_from,
+               "t_context_from": args.t_context_from, "refit_from": args.refit_from, "base_from": args.base_from, "kcn_from": args.kcn_from,
                "train_short_sides": args.train_short_sides,
                "refit_speed_range": list(args.refit_speed_range) if args.refit_estimator else None,
                "kcn_unet_timestep": args.kcn_unet_timestep, "kernel_size": args.kernel_size,

@@ -46,6 +46,9 @@ def parse_args(argv=None):
                         "(F learns to use kernels and what M's errors look like)")
     g.add_argument("--true_kernel_fraction", type=float, default=0.5,
                    help="with --controlnet_kernels mix: the share of crops fed their true kernel")
+    g.add_argument("--freeze_estimator", action="store_true",
+                   help="NOT IN THE PAPER: keep M and T as they are and train only F and the ControlNet C, e.g. to fit "
+                        "a finished Kernel ControlNet to a UNet trained further (make_tiny.py --kcn_from)")
     # Stage 3 also trains M (eq. 13 reaches it through the restoration, reblur and time losses); with these flags
     # the true kernels keep it as accurate as stage 2 left it.
     common.add_kernel_supervision_args(g)
@@ -148,6 +151,8 @@ class KCNStage(common.Stage):
         ea_loss = common.build_ea_loss(args, accelerator.device)
         common.freeze(pipe.vae, pipe.unet, pipe.prompt_embedding)
         pipe.kernel_controlnet.requires_grad_(True).train()
+        if args.freeze_estimator:  # their losses stay in the logs; with no trainable weights they change nothing
+            common.freeze(pipe.kernel_controlnet.kernel_estimator, pipe.kernel_controlnet.timestep_regressor)
         if args.gradient_checkpointing:
             pipe.kernel_controlnet.enable_gradient_checkpointing()
             pipe.unet.enable_gradient_checkpointing()
