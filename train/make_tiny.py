@@ -223,9 +223,13 @@ def shipped_photo(name, opencv_examples: Path = OPENCV_EXAMPLES) -> np.ndarray:
 def load_photo(name, opencv_examples: Path = OPENCV_EXAMPLES, short_side: int = SHORT_SIDE) -> np.ndarray:
     """A sample photo (``"coffee"`` or ``(source, name)``) as uint8 RGB, short side resized to ``short_side`` px
     (antialiased; 256 unless said)."""
+    return resized_to_short_side(shipped_photo(name, opencv_examples), short_side)
+
+
+def resized_to_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+    """``image`` with its short side resized to ``short_side`` px (antialiased)."""
     from PIL import Image
 
-    image = shipped_photo(name, opencv_examples)
     h, w = image.shape[:2]
     scale = short_side / min(h, w)
     size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
@@ -243,13 +247,15 @@ def write_photos(names, folder: Path, opencv_examples: Path = OPENCV_EXAMPLES,
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:
+        shipped = None  # loaded once per photo, and only when one of its files is missing
         for side in short_sides:
-            if side != SHORT_SIDE and side > min(shipped_photo(name, opencv_examples).shape[:2]):
-                continue
             path = folder / (f"{photo_label(name)}.png" if side == SHORT_SIDE else f"{photo_label(name)}_s{side}.png")
             if not path.exists():
+                shipped = shipped_photo(name, opencv_examples) if shipped is None else shipped
+                if side != SHORT_SIDE and side > min(shipped.shape[:2]):
+                    continue
                 with atomic_path(path) as tmp:
-                    Image.fromarray(load_photo(name, opencv_examples, side)).save(tmp, format="PNG")
+                    Image.fromarray(resized_to_short_side(shipped, side)).save(tmp, format="PNG")
             paths.append(path)
     return paths
 
@@ -732,8 +738,10 @@ def parse_args(argv=None):
         args.steps = {name: int(n) for name, n in (item.split("=") for item in args.steps)}
     except ValueError:
         p.error("--steps takes STAGE=N items, e.g. base=1500")
-    if args.init_base_from and not Path(args.init_base_from, "model_index.json").is_file():
-        p.error(f"--init_base_from takes a saved pipeline folder (with model_index.json); got {args.init_base_from!r}")
+    for flag in ("init_base_from", "base_from", "kcn_from", "refit_from", "t_context_from"):
+        folder = getattr(args, flag)
+        if folder and not Path(folder, "model_index.json").is_file():
+            p.error(f"--{flag} takes a saved pipeline folder (with model_index.json); got {folder!r}")
     if args.only and "time" in args.only and not args.refit_t:
         p.error("--only time needs --refit_t")
     if args.refit_t and args.refit_estimator:
@@ -743,21 +751,17 @@ def parse_args(argv=None):
     if args.only and "refit" in args.only and not args.refit_estimator:
         p.error("--only refit needs the refit stage (drop --no_refit_estimator)")
     if args.base_from:
-        if not Path(args.base_from, "model_index.json").is_file():
-            p.error(f"--base_from takes a saved pipeline folder (with model_index.json); got {args.base_from!r}")
         if args.refit_from or args.t_context_from or args.init_base_from:
             p.error("--base_from runs stage 1 alone: not with --refit_from, --t_context_from or --init_base_from")
         args.init_base_from = args.base_from
         args.keep_final = sorted({*args.keep_final, "base"})
     if args.kcn_from:
-        if not Path(args.kcn_from, "model_index.json").is_file() or not Path(args.kcn_from, "kernel_controlnet").is_dir():
+        if not Path(args.kcn_from, "kernel_controlnet").is_dir():
             p.error(f"--kcn_from takes a saved pipeline folder with a Kernel ControlNet; got {args.kcn_from!r}")
         if args.base_from or args.refit_from or args.t_context_from:
             p.error("--kcn_from runs stage 3 alone: not with --base_from, --refit_from or --t_context_from")
         args.keep_final = sorted({*args.keep_final, "kcn"})
     if args.refit_from:
-        if not Path(args.refit_from, "model_index.json").is_file():
-            p.error(f"--refit_from takes a saved pipeline folder (with model_index.json); got {args.refit_from!r}")
         if args.t_context_from or args.refit_estimator is False:
             p.error("--refit_from runs the refit: not with --t_context_from or --no_refit_estimator")
         args.refit_estimator = True
@@ -767,8 +771,6 @@ def parse_args(argv=None):
     if not 0 < lo <= hi:
         p.error(f"--refit_speed_range takes MIN MAX with 0 < MIN <= MAX; got {lo} {hi}")
     if args.t_context_from:
-        if not Path(args.t_context_from, "model_index.json").is_file():
-            p.error(f"--t_context_from takes a saved pipeline folder (with model_index.json); got {args.t_context_from!r}")
         args.t_context = True
     if args.t_context and not args.refit_estimator and not args.t_context_from:
         p.error("--t_context follows the refit stage: drop --no_refit_estimator / --refit_t, or give --t_context_from")
