@@ -417,3 +417,18 @@ def test_kcn_from_runs_stage_3_alone_with_m_and_t_frozen(tmp_path, capsys):
         with pytest.raises(SystemExit):
             make_tiny.parse_args(["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", *bad])
         assert message in capsys.readouterr().err
+
+
+def test_base_crop_and_batch_reach_stage_1_and_bad_values_are_refused(tmp_path, capsys):
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "model_index.json").write_text("{}")
+    work = ["--work_dir", str(tmp_path / "work"), "--no_opencv_photos", "--base_from", str(start)]
+    for extra, crop, batch in (([], "64", "4"), (["--base_crop", "128", "--base_batch", "1"], "128", "1")):
+        [job] = make_tiny.stage_plan(make_tiny.parse_args([*work, *extra]), tmp_path / "work")
+        argv = job["argv"]
+        assert argv[argv.index("--resolution") + 1] == crop and argv[argv.index("--train_batch_size") + 1] == batch
+    for bad in (["--base_crop", "72"], ["--base_crop", "16"], ["--base_batch", "0"]):
+        with pytest.raises(SystemExit):
+            make_tiny.parse_args([*work, *bad])
+        assert "--base_crop must be a multiple of 16 px" in capsys.readouterr().err

@@ -332,7 +332,7 @@ def stage_plan(args, work: Path) -> list[dict]:
     # 64 px crops (32 x 32 latents): room for the longest blur paths (~21 px at n = 15).
     # --latent_weight and --fft_weight are not in the paper: a from-scratch UNet learnt only a pass-through from
     # the pixel losses; the spectrum term weighs the high frequencies that blur removed.
-    base_training = ["--resolution", "64", "--train_batch_size", "4",
+    base_training = ["--resolution", str(args.base_crop), "--train_batch_size", str(args.base_batch),
                      "--levels_per_group", "3", "--lora_rank", "0", "--learning_rate", "1e-3", "--latent_weight", "1.0",
                      "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--lpips_weight", "0",
                      "--edge_weight", "0.5", "--fft_weight", "0.5", "--gan_weight", "0.01", "--gan_loss",
@@ -660,6 +660,11 @@ def parse_args(argv=None):
     p.add_argument("--base_seed", type=int, default=None,
                    help="seed of a warm-started stage 1 (default --seed + 1); a further round from a warm-started "
                         "result takes another one, so it does not replay its start's crops and trajectories")
+    p.add_argument("--base_crop", type=int, default=64,
+                   help="stage 1's training crops, px (64: 32 x 32 latents, the recipe's; larger crops show a long "
+                        "blur more of its surroundings at the same cost per step with a smaller --base_batch)")
+    p.add_argument("--base_batch", type=int, default=4,
+                   help="stage 1's trajectory groups per step (each --levels_per_group 3 crops; the recipe's 4)")
     p.add_argument("--keep_final", nargs="+", default=[], choices=["base", "kcn"], metavar="STAGE",
                    help="carry these stages' final pipelines (end of the schedule) forward instead of their best "
                         "validated ones: the 18 held-out crops are a noisy judge (train/compare_pipelines.py checks "
@@ -795,6 +800,10 @@ def parse_args(argv=None):
                 f"got {args.kernel_size}, {args.autocorrelation_radius}, {args.autocorrelation_window}")
     if args.steps_scale <= 0 or args.threads < 1 or args.parallel < 1:
         p.error("--steps_scale must be > 0, --threads and --parallel >= 1")
+    if args.base_crop < 32 or args.base_crop % 16 or args.base_batch < 1:
+        # the tiny VAE halves a crop and its UNet halves the latents twice (8 px would do; 16 keeps the latents even)
+        p.error(f"--base_crop must be a multiple of 16 px, at least 32, and --base_batch >= 1; "
+                f"got {args.base_crop} and {args.base_batch}")
     try:
         scale = kcn_input_scale(args)
     except ValueError:  # neither a number nor 'm2'
@@ -848,6 +857,7 @@ def main(argv=None):
                # what each stage was given (e.g. the warm-started w/o-CT run takes stage 1's steps)
                "steps": {job["name"]: int(job["argv"][job["argv"].index("--max_train_steps") + 1]) for job in plan},
                "init_base_from": args.init_base_from, "base_seed": args.base_seed, "keep_final": args.keep_final, "refit_t": args.refit_t,
+               "base_crop": args.base_crop, "base_batch": args.base_batch,
                "refit_estimator": args.refit_estimator, "t_context": args.t_context,
                "t_context_radius": args.t_context_radius if args.t_context else None,
                "t_context_time_loss": args.t_context_time_loss if args.t_context else None,
