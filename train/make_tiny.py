@@ -53,12 +53,23 @@
         --no_t_context --threads 1 --export_dir runs/refit2_export
     python train/make_tiny.py --work_dir runs/tctx3 --t_context_from runs/refit2_export --seed 2 \
         --t_context_time_loss l1 --threads 1 --export_dir runs/tctx3_export
-    # round 8 (this checkpoint): stage 1 continued twice from that checkpoint (commit c3ac2ae's) with the training
+    # round 8: stage 1 continued twice from that checkpoint (commit c3ac2ae's) with the training
     # photos also at short sides 384 and 512 px (--train_short_sides, the default since), 2400 steps each, the next two
     # seeds; the Kernel ControlNet (M, T, F, C), VAE and prompt embedding kept (about 16 min each on two threads)
     python train/make_tiny.py --work_dir runs/r8 --base_from runs/tctx3_export --base_seed 7 --steps base=2400 \
         --export_dir runs/r8_export
-    python train/make_tiny.py --work_dir runs/r9 --base_from runs/r8_export --base_seed 8 --steps base=2400
+    python train/make_tiny.py --work_dir runs/r9 --base_from runs/r8_export --base_seed 8 --steps base=2400 \
+        --export_dir runs/round8
+    # round 9 (this checkpoint): stage 1 continued three more times from round 8's checkpoint (commit e5f65bf's,
+    # copied to runs/round8), seeds 9, 10 and 11, then stage 3 alone with M and T frozen so that F and the
+    # ControlNet fit the new UNet (--kcn_from, 800 steps); about 15-28 min per stage-1 run, 5 min for stage 3
+    python train/make_tiny.py --work_dir runs/r10 --base_from runs/round8 --base_seed 9 --steps base=2400 \
+        --export_dir runs/r10_export
+    python train/make_tiny.py --work_dir runs/r11 --base_from runs/r10_export --base_seed 10 --steps base=2400 \
+        --export_dir runs/r11_export
+    python train/make_tiny.py --work_dir runs/r12 --base_from runs/r11_export --base_seed 11 --steps base=2400 \
+        --export_dir runs/r12_export
+    python train/make_tiny.py --work_dir runs/k12 --kcn_from runs/r12_export --steps kcn=800
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them;
     # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated;
     # rounds 5-7 before the t_context stage: add --no_t_context; rounds before commit c3ac2ae's checkpoint refitted
