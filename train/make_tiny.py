@@ -60,8 +60,8 @@
         --export_dir runs/r8_export
     python train/make_tiny.py --work_dir runs/r9 --base_from runs/r8_export --base_seed 8 --steps base=2400 \
         --export_dir runs/round8
-    # round 9 (this checkpoint): stage 1 continued three more times from round 8's checkpoint (commit e5f65bf's,
-    # copied to runs/round8), seeds 9, 10 and 11, then stage 3 alone with M and T frozen so that F and the
+    # round 9 (commit 343e820's checkpoint): stage 1 continued three more times from round 8's checkpoint (commit
+    # e5f65bf's, copied to runs/round8), seeds 9, 10 and 11, then stage 3 alone with M and T frozen so that F and the
     # ControlNet fit the new UNet (--kcn_from, 800 steps); about 15-28 min per stage-1 run, 5 min for stage 3
     python train/make_tiny.py --work_dir runs/r10 --base_from runs/round8 --base_seed 9 --steps base=2400 \
         --export_dir runs/r10_export
@@ -69,7 +69,12 @@
         --export_dir runs/r11_export
     python train/make_tiny.py --work_dir runs/r12 --base_from runs/r11_export --base_seed 11 --steps base=2400 \
         --export_dir runs/r12_export
-    python train/make_tiny.py --work_dir runs/k12 --kcn_from runs/r12_export --steps kcn=800
+    python train/make_tiny.py --work_dir runs/k12 --kcn_from runs/r12_export --steps kcn=800 --export_dir runs/round9
+    # round 10 (this checkpoint): stage 1 once more from round 9's stage-1 UNet (runs/r12_export, seed 12; 17 min on
+    # two threads), then stage 3 alone on it again (5 min)
+    python train/make_tiny.py --work_dir runs/r13 --base_from runs/r12_export --base_seed 12 --steps base=2400 \
+        --export_dir runs/r13_export
+    python train/make_tiny.py --work_dir runs/k13 --kcn_from runs/r13_export --steps kcn=800
     # (rounds 1-4 ran before the refit stage existed and was made the default: add --no_refit_estimator to rerun them;
     # rounds 1-6 before stage 3's kernel settings: add --kernel_input_scale 1 --kcn_controlnet_kernels estimated;
     # rounds 5-7 before the t_context stage: add --no_t_context; rounds before commit c3ac2ae's checkpoint refitted
