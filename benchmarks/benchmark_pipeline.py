@@ -583,6 +583,17 @@ def summary_tables(records: list[dict]) -> str:
     return "\n\n".join((f"{title}:\n\n{table}" if title else table) for title, table in parts if table)
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and clock as Linux reports them (``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+    except OSError:
+        return platform.processor()
+    name = fields.get("model name\t", "").strip() or platform.processor()
+    mhz = fields.get("cpu MHz\t\t", "").strip()
+    return f"{name}, {mhz} MHz" if mhz else name
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["sd21-base"], type=preset_or_model,
@@ -673,6 +684,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),  # hosts behind the same name differ: CPU figures compare only with the same model
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "command": " ".join([Path(sys.argv[0]).as_posix()] + (sys.argv[1:] if argv is None else list(argv))),
