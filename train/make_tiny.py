@@ -362,11 +362,11 @@ def stage_plan(args, work: Path) -> list[dict]:
                         "--seed", str(args.seed + 1 if args.base_seed is None else args.base_seed)]
     else:
         base_flags_1 = base_flags
+    base_job = dict(name="base", script="train_base", needs=("vae",), threads=one,
+                    argv=[*common_flags(args, work, "base", s["base"]), *base_flags_1])
     if args.base_from:  # stage 1 alone, continued from a finished pipeline whose other parts are kept (see main)
-        return [dict(name="base", script="train_base", needs=(), threads=both,
-                     argv=[*common_flags(args, work, "base", s["base"]), *base_flags_1])]
-    plan.append(dict(name="base", script="train_base", needs=("vae",), threads=one,
-                     argv=[*common_flags(args, work, "base", s["base"]), *base_flags_1]))
+        return [{**base_job, "needs": (), "threads": both}]
+    plan.append(base_job)
     # Stage 2 from the VAE stage's pipeline: only M and T train, and the merge below gives stage 3 a ControlNet
     # copied from the trained stage-1 UNet. --kernel_weight and --kernel_moment_weight (not in the paper): the
     # builder's true kernels; 96 px crops give M the context of the longest blur paths (~20 px). The tiny
@@ -852,11 +852,12 @@ def main(argv=None):
     if args.only:
         logger.info("stages %s done (--only: no export)", args.only)
         return {"stage_minutes": timings}
-    final_stage = ("base" if args.base_from else "kcn" if args.kcn_from else "t_context" if args.t_context else "refit" if args.refit_estimator
-                   else "time" if args.refit_t else "kcn")
     if args.base_from:  # the starting pipeline with its UNet replaced by stage 1's (its final one: --keep_final base)
-        export_checkpoint(Path(args.base_from), Path(args.export_dir), unet_from=stage_result(work, "base", args.keep_final))
+        export_checkpoint(Path(args.base_from), Path(args.export_dir),
+                          unet_from=stage_result(work, "base", args.keep_final))
     else:
+        final_stage = ("kcn" if args.kcn_from else "t_context" if args.t_context else "refit" if args.refit_estimator
+                       else "time" if args.refit_t else "kcn")
         export_checkpoint(stage_result(work, final_stage, args.keep_final), Path(args.export_dir))
     summary_path = work / "make_tiny_summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
