@@ -70,9 +70,12 @@ def _sync(device: torch.device) -> None:
 
 
 def time_call(fn, device: torch.device, warmup: int, repeats: int) -> dict:
+    warmup_times = []  # the first includes one-time costs (cuDNN autotuning of new shapes, allocator growth)
     for _ in range(warmup):
+        start = time.perf_counter()
         fn()
-    _sync(device)
+        _sync(device)
+        warmup_times.append(time.perf_counter() - start)
     times, cpu_times = [], []
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -87,6 +90,7 @@ def time_call(fn, device: torch.device, warmup: int, repeats: int) -> dict:
         "max_s": max(times),
         "std_s": statistics.pstdev(times),
         "repeats": repeats,
+        "warmup_s": warmup_times,
     }
 
 
@@ -124,13 +128,26 @@ def build(preset: str, device: torch.device, dtype: torch.dtype, kcn: bool, seed
     return pipe
 
 
-def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_last: bool, attention: str,
-                        reuse_cpu_memory: bool = True) -> None:
-    if attention == "eager":
-        from diffusers.models.attention_processor import AttnProcessor
+def apply_optimisations(pipe: FideDiffPipeline, compile_model, channels_last: bool, attention: str,
+                        reuse_cpu_memory: bool = True, cudnn_benchmark: bool = False, group_norm: str = "native") -> None:
+    # "wide-head": the pipeline's own processors (WideHeadAttnProcessor on an AutoencoderKL's VAE attention, SDPA
+    # elsewhere); "sdpa": diffusers' SDPA processor everywhere (the pipeline's default before 2026-12-04);
+    # "eager": diffusers' classic processor (materialises the attention matrix).
+    if attention in ("eager", "sdpa"):
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-        pipe.unet.set_attn_processor(AttnProcessor())
-        pipe.vae.set_attn_processor(AttnProcessor())
+        processor = AttnProcessor if attention == "eager" else AttnProcessor2_0
+        for model in (pipe.unet, pipe.vae):
+            if hasattr(model, "set_attn_processor") and model.attn_processors:  # AutoencoderTiny has no attention
+                model.set_attn_processor(processor())
+    # Process-wide: cuDNN times its convolution algorithms on each new input shape and keeps the fastest.
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    if group_norm == "reduction":  # opt-in ReductionGroupNorm (large 16-bit groups on CUDA; nn.GroupNorm elsewhere)
+        from fidediff_pipeline.models.normalization import use_reduction_group_norm
+
+        for model in (pipe.vae, pipe.unet, pipe.kernel_controlnet):
+            if model is not None:
+                use_reduction_group_norm(model)
     # On the CPU the pipeline runs its models on channels-last inputs by default (pipe.channels_last_on_cpu);
     # "off" turns that off, so both layouts can be timed in one run. On CUDA "on" converts the models' weights.
     pipe.channels_last_on_cpu = channels_last
@@ -141,10 +158,11 @@ def apply_optimisations(pipe: FideDiffPipeline, compile_model: bool, channels_la
         for module in (pipe.unet, pipe.vae, pipe.kernel_controlnet):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if compile_model:
+    if compile_model:  # True: every model; "unet": the UNet and the ControlNet (the VAE at d = 4 compiles for minutes)
         pipe.unet = torch.compile(pipe.unet, fullgraph=False)
-        pipe.vae.decoder = torch.compile(pipe.vae.decoder, fullgraph=False)
-        pipe.vae.encoder = torch.compile(pipe.vae.encoder, fullgraph=False)
+        if compile_model != "unet":
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder, fullgraph=False)
+            pipe.vae.encoder = torch.compile(pipe.vae.encoder, fullgraph=False)
         if pipe.kernel_controlnet is not None:
             pipe.kernel_controlnet.controlnet = torch.compile(pipe.kernel_controlnet.controlnet, fullgraph=False)
 
@@ -337,10 +355,10 @@ def benchmark_config(pipe: FideDiffPipeline, width: int, height: int, upscale: i
 
 
 def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_last, attention,
-              reuse_cpu_memory=True) -> list[dict]:
+              reuse_cpu_memory=True, cudnn_benchmark=False, group_norm="native") -> list[dict]:
     dtype = resolve_dtype(dtype_name)
     pipe = build(preset, device, dtype, kcn)
-    apply_optimisations(pipe, compile_model, channels_last, attention, reuse_cpu_memory)
+    apply_optimisations(pipe, compile_model, channels_last, attention, reuse_cpu_memory, cudnn_benchmark, group_norm)
     records = []
     for width, height in args.sizes:
         for batch in batches_for(args, (width, height)):
@@ -355,6 +373,10 @@ def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_las
                     "tiling": "off" if args.tiling == "compare" else args.tiling, "compile": compile_model,
                     "channels_last": channels_last, "attention": attention, "timestep": args.timestep,
                 }
+                if device.type == "cuda":
+                    record["cudnn_benchmark"] = cudnn_benchmark
+                if group_norm != "native":  # files before 2026-12-04 have no such field: native
+                    record["group_norm"] = group_norm
                 if device.type == "cpu":
                     record["cpu_memory"] = "reuse" if reuse_cpu_memory else "default"
                 if hasattr(os, "getloadavg"):
@@ -368,6 +390,11 @@ def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_las
                 except torch.OutOfMemoryError as err:
                     record["error"] = f"out of memory: {str(err).splitlines()[0]}"
                     torch.cuda.empty_cache()
+                except Exception as err:  # one failing configuration must not lose the others' rows
+                    import traceback
+
+                    traceback.print_exc()
+                    record["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 record["record_wall_s"] = time.perf_counter() - start
                 if device.type == "cpu":
                     record["peak_rss_scope"] = "config (own process)" if args.child else "process so far"
@@ -401,7 +428,7 @@ def child_argv(args, preset, dtype, kcn, comp, cl, attn, mem, size, batch, upsca
     """The command line of an ``--isolate`` child: one configuration (size, batch, upscale factor)."""
     argv = [sys.executable, __file__, "--child", "--preset", preset, "--device", "cpu", "--dtypes", dtype,
             "--sizes", _fmt_size(size), "--batch-sizes", str(batch), "--upscale-factors", str(upscale),
-            "--kcn", "on" if kcn else "off", "--compile", "on" if comp else "off",
+            "--kcn", "on" if kcn else "off", "--compile", {True: "on", False: "off"}.get(comp, comp),
             "--channels-last", "on" if cl else "off", "--attention", attn, "--cpu-memory", mem,
             "--tiling", args.tiling,
             "--timestep", str(args.timestep), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
@@ -420,7 +447,7 @@ def child_argv(args, preset, dtype, kcn, comp, cl, attn, mem, size, batch, upsca
 # ------------------------------------------------------------------ derived figures and tables
 def _config_key(r: dict, *drop: str) -> tuple:
     fields = ("preset", "device", "dtype", "kernel_controlnet", "upscale_factor", "timestep", "tiling", "compile",
-              "channels_last", "attention", "cpu_memory", "batch_size", "width", "height")
+              "channels_last", "attention", "cpu_memory", "cudnn_benchmark", "group_norm", "batch_size", "width", "height")
     return tuple(r.get(f, 1 if f == "batch_size" else None) for f in fields if f not in drop)
 
 
@@ -457,8 +484,9 @@ def summary_line(r: dict) -> str:
     if "error" in r:
         return f"{head}: {r['error']}"
     mem = r.get("peak_cuda_allocated_gib") or r.get("peak_rss_gib")
-    line = (f"{head} compile={int(r['compile'])} cl={int(r['channels_last'])} attn={r['attention']} "
-            f"cpu_memory={r.get('cpu_memory', '-')} "
+    line = (f"{head} compile={_compile_label(r['compile'])} cl={int(r['channels_last'])} attn={r['attention']} "
+            f"cpu_memory={r.get('cpu_memory', '-')} cudnn_benchmark={int(r.get('cudnn_benchmark', False))} "
+            f"group_norm={r.get('group_norm', 'native')} "
             f"median {r['pipeline']['median_s']:.4f}s (min {r['pipeline']['min_s']:.4f}, max {r['pipeline']['max_s']:.4f}) "
             f"{r.get('images_per_s', 0):.2f} img/s  mem {mem:.2f} GiB  overhead x{r['pipeline_over_components']:.2f}  "
             + " ".join(f"{k}={v:.4f}" for k, v in r["components_median_s"].items()))
@@ -470,17 +498,23 @@ def summary_line(r: dict) -> str:
     return line
 
 
+def _compile_label(value) -> str:
+    return {True: "on", False: "off"}.get(value, str(value))
+
+
 def _head(r: dict) -> str:
     return (f"| {_short(r['preset'])} | {r['width']}x{r['height']} | {r.get('batch_size', 1)} | {r['d']} | "
             f"{'yes' if r['kernel_controlnet'] else 'no'} | {r['dtype']} | {r.get('timestep', 200)} |")
 
 
 def markdown_table(records: list[dict]) -> str:
-    lines = ["| preset | size | B | d | KCN | dtype | t | tiling | compile | channels-last | attention | CPU memory | median s/call | min-max | images/s | s/MPx | per px vs smallest | peak mem GiB | pipeline / components |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | size | B | d | KCN | dtype | t | tiling | compile | channels-last | attention | CPU memory | cuDNN benchmark | group norm | median s/call | min-max | images/s | s/MPx | per px vs smallest | peak mem GiB | pipeline / components |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        head = (f"{_head(r)} {r.get('tiling', 'off')} | {'on' if r['compile'] else 'off'} | "
-                f"{'on' if r['channels_last'] else 'off'} | {r['attention']} | {r.get('cpu_memory', '')} |")
+        cudnn = {True: "on", False: "off"}.get(r.get("cudnn_benchmark"), "")
+        head = (f"{_head(r)} {r.get('tiling', 'off')} | {_compile_label(r['compile'])} | "
+                f"{'on' if r['channels_last'] else 'off'} | {r['attention']} | {r.get('cpu_memory', '')} | {cudnn} | "
+                f"{r.get('group_norm', 'native')} |")
         if "error" in r:
             lines.append(f"{head} {r['error'].split('. ')[0]} | | | | | | |")
             continue
@@ -615,10 +649,17 @@ def main(argv=None) -> int:
     parser.add_argument("--tile-size", type=int, default=None, help="latent tile size (default: the pipeline's)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="latent tile overlap (default: the pipeline's)")
     parser.add_argument("--timestep", default=200, type=lambda v: v if v == "auto" else int(v))
-    parser.add_argument("--compile", nargs="+", default=["off"], choices=["on", "off"])
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=["on", "off", "unet"],
+                        help="torch.compile: every model (on), the UNet and the ControlNet only (unet), or none")
     parser.add_argument("--channels-last", nargs="+", default=None, choices=["on", "off"],
                         help="default: on for the CPU (the pipeline's own CPU default), off for CUDA")
-    parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "eager"])
+    parser.add_argument("--attention", nargs="+", default=["wide-head"], choices=["wide-head", "sdpa", "eager"],
+                        help="wide-head: the pipeline's own (WideHeadAttnProcessor on SD's VAE attention, SDPA elsewhere); "
+                             "sdpa: diffusers' SDPA processor everywhere; eager: diffusers' classic processor")
+    parser.add_argument("--group-norm", nargs="+", default=["native"], choices=["native", "reduction"],
+                        help="reduction: the opt-in ReductionGroupNorm in every model (large 16-bit groups on CUDA)")
+    parser.add_argument("--cudnn-benchmark", nargs="+", default=["off"], choices=["on", "off"],
+                        help="CUDA: torch.backends.cudnn.benchmark (autotune convolutions per new input shape)")
     parser.add_argument("--cpu-memory", nargs="+", default=["reuse"], choices=["reuse", "default"],
                         help="CPU: 'reuse' (the pipeline's default: glibc keeps freed blocks, "
                              "cpu_memory.keep_freed_cpu_memory) or glibc's 'default' thresholds; both need --isolate")
@@ -660,11 +701,15 @@ def main(argv=None) -> int:
 
     run_start = time.perf_counter()
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    groups = [(preset, dt, kcn == "on", comp == "on", cl == "on", attn, mem)
+    compile_values = {"on": True, "off": False, "unet": "unet"}
+    groups = [(preset, dt, kcn == "on", compile_values[comp], cl == "on", attn, mem, cudnn == "on", gn)
               for preset in args.preset for dt in dtypes for kcn in args.kcn for comp in args.compile
-              for cl in args.channels_last for attn in args.attention for mem in args.cpu_memory]
+              for cl in args.channels_last for attn in args.attention for mem in args.cpu_memory
+              for cudnn in (args.cudnn_benchmark if device.type == "cuda" else ["off"]) for gn in args.group_norm]
+    if args.isolate and device.type == "cpu" and args.group_norm != ["native"]:
+        parser.error("--group-norm reduction is for CUDA runs (the CPU keeps nn.GroupNorm's path); leave out --isolate")
     records: list[dict] = []
-    for preset, dt, kcn, comp, cl, attn, mem in groups:
+    for preset, dt, kcn, comp, cl, attn, mem, cudnn, gn in groups:
         if args.isolate and device.type == "cpu":
             part = args.output + ".part"
             for size in args.sizes:
@@ -675,7 +720,7 @@ def main(argv=None) -> int:
                         records.extend(json.loads(Path(part).read_text())["results"])
                         Path(part).unlink()
         else:
-            records.extend(run_group(args, preset, device, dt, kcn, comp, cl, attn, mem == "reuse"))
+            records.extend(run_group(args, preset, device, dt, kcn, comp, cl, attn, mem == "reuse", cudnn, gn))
     if not args.child:
         add_derived(records)
 

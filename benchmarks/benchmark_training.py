@@ -74,14 +74,19 @@ def stage_argv(args, stage: str, groups: int, checkpointing: bool, photos: Path,
     return argv
 
 
-def run_config(args, stage, groups, checkpointing, photos, init, work: Path) -> dict:
+def run_config(args, stage, groups, checkpointing, photos, init, work: Path, timeout: float | None = None) -> dict:
     out = work / f"{stage}_b{groups}_gc{int(checkpointing)}"
     record = {"stage": stage, "train_batch_size": groups, "levels_per_group": args.levels_per_group,
               "samples_per_step": groups * args.levels_per_group, "gradient_checkpointing": checkpointing,
               "preset": args.preset, "resolution": args.resolution, "mixed_precision": args.mixed_precision or "no"}
     start = time.perf_counter()
-    done = subprocess.run(stage_argv(args, stage, groups, checkpointing, photos, init, out), capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        done = subprocess.run(stage_argv(args, stage, groups, checkpointing, photos, init, out), capture_output=True,
+                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        record["wall_s"] = round(time.perf_counter() - start, 1)
+        record["error"] = f"not finished within --timeout-per-config {timeout:g} s"
+        return record
     record["wall_s"] = round(time.perf_counter() - start, 1)
     summary = out / "train_summary.json"
     if done.returncode == 0 and summary.is_file():
@@ -121,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--upscale-factor", type=int, default=2, help="2: the paper's d = 4 with SD's VAE")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration (the first two are warm-up)")
+    parser.add_argument("--timeout-per-config", type=float, default=None,
+                        help="seconds one configuration may take (start-up included); a slower one is recorded as such")
     parser.add_argument("--output", default="benchmarks/results/training.json")
     args = parser.parse_args(argv)
     if args.steps < 1 or min(args.train_batch_sizes) < 1 or args.levels_per_group < 1:
@@ -128,6 +135,8 @@ def main(argv=None) -> int:
 
     run_start = time.perf_counter()
     records = []
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fidediff_train_bench_") as tmp:
         work = Path(tmp)
         photos, init = work / "photos", work / "init"
@@ -137,9 +146,19 @@ def main(argv=None) -> int:
         for stage in args.stages:
             for groups in args.train_batch_sizes:
                 for checkpointing in args.gradient_checkpointing:
-                    record = run_config(args, stage, groups, checkpointing == "on", photos, init, work)
+                    record = run_config(args, stage, groups, checkpointing == "on", photos, init, work,
+                                        args.timeout_per_config)
                     print(markdown_table([record]).splitlines()[-1], flush=True)
                     records.append(record)
+                    # after every configuration, so a run stopped part-way keeps what it measured
+                    write_text_atomic(output, json.dumps({"environment": environment(args, argv, run_start),
+                                                          "results": records}, indent=2) + "\n")
+    print(markdown_table(records))
+    print(f"wrote {output}")
+    return 0
+
+
+def environment(args, argv, run_start: float) -> dict:
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
            "command": " ".join([Path(sys.argv[0]).as_posix()] + (sys.argv[1:] if argv is None else list(argv))),
            "run_wall_s": round(time.perf_counter() - run_start, 1)}
@@ -150,12 +169,7 @@ def main(argv=None) -> int:
         env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         pass
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, json.dumps({"environment": env, "results": records}, indent=2) + "\n")
-    print(markdown_table(records))
-    print(f"wrote {output}")
-    return 0
+    return env
 
 
 if __name__ == "__main__":

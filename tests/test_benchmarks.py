@@ -18,3 +18,59 @@ def test_cpu_model_reads_name_and_clock_and_falls_back_without_cpuinfo(tmp_path)
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
     assert benchmark_pipeline.cpu_model(cpuinfo) == "Some CPU"
     assert benchmark_pipeline.cpu_model(tmp_path / "missing") == platform.processor()
+
+
+def test_attention_cudnn_and_group_norm_options_reach_the_pipeline():
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from fidediff_pipeline import FideDiffPipeline
+    from fidediff_pipeline.models.attention_processor import WideHeadAttnProcessor
+    from fidediff_pipeline.presets import build_pipeline, tiny_autoencoder_kl_config
+
+    tiny = build_pipeline("tiny", with_kernel_controlnet=False)
+    vae = AutoencoderKL(**{**tiny_autoencoder_kl_config(), "mid_block_add_attention": True})
+
+    def fresh():
+        return FideDiffPipeline(vae=vae, unet=tiny.unet, scheduler=DDPMScheduler(),
+                                prompt_embedding=tiny.prompt_embedding)
+
+    def vae_processors(pipe):
+        return {type(p) for p in pipe.vae.attn_processors.values()}
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        pipe = fresh()
+        benchmark_pipeline.apply_optimisations(pipe, False, False, "wide-head", cudnn_benchmark=True)
+        assert vae_processors(pipe) == {WideHeadAttnProcessor} and torch.backends.cudnn.benchmark is True
+        benchmark_pipeline.apply_optimisations(pipe, False, False, "sdpa")
+        assert vae_processors(pipe) == {AttnProcessor2_0} and torch.backends.cudnn.benchmark is False
+        pipe = fresh()
+        benchmark_pipeline.apply_optimisations(pipe, False, False, "eager")
+        assert vae_processors(pipe) == {AttnProcessor}
+        assert {type(p) for p in pipe.unet.attn_processors.values()} <= {AttnProcessor}
+        from fidediff_pipeline.models.normalization import ReductionGroupNorm
+
+        pipe = fresh()
+        benchmark_pipeline.apply_optimisations(pipe, False, False, "wide-head", group_norm="reduction")
+        norms = [m for model in (pipe.vae, pipe.unet) for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert norms and all(type(m) is ReductionGroupNorm for m in norms)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_compile_unet_compiles_the_unet_and_controlnet_but_not_the_vae():
+    from fidediff_pipeline.presets import build_pipeline
+
+    pipe = build_pipeline("tiny")
+    encoder, decoder = pipe.vae.encoder, pipe.vae.decoder
+    benchmark_pipeline.apply_optimisations(pipe, "unet", False, "wide-head")
+    assert type(pipe.unet).__name__ == "OptimizedModule"
+    assert type(pipe.kernel_controlnet.controlnet).__name__ == "OptimizedModule"
+    assert pipe.vae.encoder is encoder and pipe.vae.decoder is decoder
+    line = benchmark_pipeline.markdown_table([{
+        "preset": "tiny", "width": 8, "height": 8, "batch_size": 1, "d": 2, "kernel_controlnet": True,
+        "dtype": "float32", "timestep": 200, "compile": "unet", "channels_last": False, "attention": "wide-head",
+        "cudnn_benchmark": True, "error": "x"}]).splitlines()[-1]
+    assert "| unet | off | wide-head |  | on | native |" in line

@@ -392,6 +392,13 @@ def test_training_benchmark_runs_each_stage_script_and_records_failures(tmp_path
                              "--upscale-factor", "3", "--output", str(output)])
     (row,) = json.loads(output.read_text())["results"]
     assert "median_step_s" not in row and "upscale" in row["error"]
+    # a configuration past --timeout-per-config is a row saying so (the file is written after every row)
+    benchmark_training.main(["--preset", "tiny", "--stages", "kernel", "--resolution", "64", "--train-batch-sizes", "1",
+                             "--steps", "2", "--mixed-precision", "no", "--gradient-checkpointing", "on", "off",
+                             "--timeout-per-config", "0.01", "--output", str(output)])
+    rows = json.loads(output.read_text())["results"]
+    assert [r["gradient_checkpointing"] for r in rows] == [True, False]
+    assert all(r["error"] == "not finished within --timeout-per-config 0.01 s" for r in rows)
 
 
 def test_bf16_accumulation_checkpointing_lora_and_float32_export(data, tmp_path):

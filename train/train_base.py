@@ -204,6 +204,9 @@ class BaseStage(common.Stage):
             unet.requires_grad_(True)
         if args.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+            # The image losses backpropagate through the frozen VAE decoder: at 512 px crops and d = 4 its
+            # activations (1024 px, 128-512 channels, per sample) were what ran out of memory on a 141 GB GPU.
+            pipe.vae.enable_gradient_checkpointing()
         pipe.prompt_embedding.requires_grad_(not args.freeze_embedding)
         self.model = BaseStageModel(unet, pipe.prompt_embedding, pipe.vae, pipe.scheduler.alphas_cumprod, args,
                                     ea_loss, self.discriminator)

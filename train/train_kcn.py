@@ -156,6 +156,7 @@ class KCNStage(common.Stage):
         if args.gradient_checkpointing:
             pipe.kernel_controlnet.enable_gradient_checkpointing()
             pipe.unet.enable_gradient_checkpointing()
+            pipe.vae.enable_gradient_checkpointing()  # the image losses backpropagate through its decoder
         self.model = KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
                                    pipe.scheduler.alphas_cumprod, args, ea_loss)
         self.frozen = (pipe.vae, pipe.unet, pipe.prompt_embedding)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput, convert_unet_state_dict_to_peft
 from safetensors import SafetensorError
@@ -27,6 +28,7 @@ from ..cpu_memory import keep_freed_cpu_memory
 from ..hub.remote_code import write_package_index, write_remote_code
 from ..image_processing import DEFAULT_MAX_PIXELS, postprocess, prepare_images
 from ..kernel_ops import expand_kernel_map
+from ..models.attention_processor import WideHeadAttnProcessor
 from ..models.modeling_kernel_controlnet import KernelControlNetModel
 from ..models.modeling_prompt_embedding import FideDiffPromptEmbedding
 from ..restoration import (
@@ -138,6 +140,11 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     a 2-core VM; freed memory then stays with the process); ``pipe.reuse_cpu_memory = False`` before it leaves
     glibc's defaults.
 
+    An [`AutoencoderKL`]'s attention (SD's VAE: one head of 512 channels, no flash kernel for it) runs through
+    [`~models.attention_processor.WideHeadAttnProcessor`]: on CUDA, in query chunks of plain matrix products (9% less
+    time for a 1280x720 image at d = 4 on an H200, benchmarks/README.md); SDPA elsewhere.
+    ``pipe.vae.set_attn_processor(AttnProcessor2_0())`` restores diffusers' default.
+
     The pipeline also inherits diffusers' UNet LoRA methods (needs ``peft``): `load_lora_weights`, `fuse_lora`,
     `unfuse_lora`, `unload_lora_weights`, `save_lora_weights`, `set_adapters` (see `load_lora_weights`).
     """
@@ -169,6 +176,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         for model in (vae, unet, prompt_embedding, kernel_controlnet):
             if isinstance(model, torch.nn.Module):
                 _reallocate_tensors(model)  # bit-identical outputs however the weights were loaded (see there)
+        _use_wide_head_attention(vae)
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, prompt_embedding=prompt_embedding, kernel_controlnet=kernel_controlnet
         )
@@ -926,6 +934,17 @@ def same_size_batches(sizes: list[tuple[int, int]], batch_size: int | None = Non
         groups.setdefault(tuple(size), []).append(index)
     step = batch_size or len(sizes)
     return [group[i:i + step] for group in groups.values() for i in range(0, len(group), step)]
+
+
+def _use_wide_head_attention(vae) -> None:
+    """SD's VAE attention (one head of 512 channels) through `WideHeadAttnProcessor`: query chunks of plain matrix
+    products on CUDA, where SDPA has no flash kernel for such a head (benchmarks/README.md, "VAE attention"); SDPA
+    elsewhere. Only a VAE on diffusers' default processor: one a caller set is kept."""
+    if not isinstance(vae, AutoencoderKL):
+        return
+    processors = vae.attn_processors
+    if processors and all(type(p) is AttnProcessor2_0 for p in processors.values()):
+        vae.set_attn_processor(WideHeadAttnProcessor())
 
 
 def _reallocate_tensors(model):

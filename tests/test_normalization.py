@@ -1,0 +1,75 @@
+"""ReductionGroupNorm: the same result as nn.GroupNorm where it takes its own path, nn.GroupNorm's own path elsewhere,
+and use_reduction_group_norm swaps modules without touching the weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from fidediff_pipeline.models.normalization import ReductionGroupNorm, use_reduction_group_norm
+
+
+def forced(norm: ReductionGroupNorm) -> ReductionGroupNorm:
+    """The reduction path on the CPU for any group size (its defaults keep it to large groups on CUDA)."""
+    norm.devices, norm.min_group_elements, norm.dtypes = ("cpu",), 0, (torch.float32, torch.bfloat16)
+    return norm
+
+
+@pytest.mark.parametrize("shape, groups, offset", [((2, 64, 24, 20), 32, 0.0), ((1, 32, 50), 8, 0.0),
+                                                   ((3, 16, 9, 9, 2), 4, 0.0), ((1, 64, 32, 32), 32, 20.0)])
+def test_reduction_path_equals_group_norm(shape, groups, offset):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator) + offset  # offset: E[x^2] - E[x]^2 with a mean 20x the spread
+    norm = forced(ReductionGroupNorm(groups, shape[1], eps=1e-6))
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[1], generator=generator) + 0.5)
+        norm.bias.copy_(torch.randn(shape[1], generator=generator))
+    reference = F.group_norm(x, groups, norm.weight, norm.bias, 1e-6)
+    assert (norm(x) - reference).abs().max() < (5e-4 if offset else 2e-5)
+
+
+def test_reduction_path_in_bfloat16_and_without_affine():
+    x = torch.randn(1, 64, 40, 40, generator=torch.Generator().manual_seed(1)).bfloat16()
+    norm = forced(ReductionGroupNorm(32, 64, affine=False))
+    out = norm(x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - F.group_norm(x.float(), 32, eps=norm.eps)).abs().max() < 0.05
+
+
+def test_nn_group_norm_path_where_the_reduction_path_does_not_apply():
+    x = torch.randn(2, 64, 16, 16, generator=torch.Generator().manual_seed(2))
+    norm = ReductionGroupNorm(32, 64)
+    plain = nn.GroupNorm(32, 64)
+    plain.load_state_dict(norm.state_dict())
+    assert torch.equal(norm(x), plain(x))  # on the CPU by default
+    big = forced(ReductionGroupNorm(32, 64))
+    big.min_group_elements = 10**9
+    assert torch.equal(big(x), plain(x))  # small groups
+    float32 = ReductionGroupNorm(32, 64)
+    float32.devices, float32.min_group_elements = ("cpu",), 0
+    assert torch.equal(float32(x), plain(x))  # float32: only 16-bit inputs take the reduction path
+    assert torch.equal(forced(norm)(x.contiguous(memory_format=torch.channels_last)),
+                       plain(x.contiguous(memory_format=torch.channels_last)))  # not contiguous in NCHW
+
+
+def test_use_reduction_group_norm_swaps_every_group_norm_and_keeps_the_weights():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, latent_channels=4).eval()
+    before = {k: v.data_ptr() for k, v in vae.state_dict().items()}
+    expected = sum(type(m) is nn.GroupNorm for m in vae.modules())
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        reference = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    assert use_reduction_group_norm(vae) == expected > 0
+    assert not any(type(m) is nn.GroupNorm for m in vae.modules())
+    assert {k: v.data_ptr() for k, v in vae.state_dict().items()} == before
+    assert all(not m.training for m in vae.modules())
+    with torch.no_grad():
+        assert torch.equal(vae.decode(vae.encode(x).latent_dist.mode()).sample, reference)  # CPU: nn.GroupNorm's path
+        for module in vae.modules():
+            if isinstance(module, ReductionGroupNorm):
+                forced(module)
+        out = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    assert (out - reference).abs().max() < 1e-4
