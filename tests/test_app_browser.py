@@ -111,9 +111,11 @@ def test_upload_deblur_and_see_the_result(server, page, tmp_path):
     text = blur_level.inner_text()
     assert "frames at 240 fps" in text and " ms of motion" in text and "Blur length:" in text
 
-    # The before/after slider shows two loaded images; the kernel picture and the PNG download are there.
+    # The before/after slider shows two loaded images; the kernel picture and the PNG download are there. Wait for
+    # the three full-resolution images themselves (waiting for any three let the kernel picture count, a race).
     page.wait_for_function(
-        "() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length >= 3",
+        "() => [...document.querySelectorAll('img')].filter("
+        "i => i.complete && i.naturalWidth === 120 && i.naturalHeight === 80).length >= 3",
         timeout=30_000,
     )
     sizes = page.evaluate("() => [...document.querySelectorAll('img')].map(i => [i.naturalWidth, i.naturalHeight])")
