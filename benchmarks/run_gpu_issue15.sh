@@ -29,6 +29,11 @@ TRAIN_BATCHES=${TRAIN_BATCHES:-"1 2"}
 DTYPE=$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)
 PRECISION=$([ "$DEVICE" = cuda ] && echo bf16 || echo no)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if ! python3 -c "import diffusers, lpips, peft, accelerate" 2>/dev/null; then
+    echo "run_gpu_issue15.sh needs diffusers, lpips, peft and accelerate importable by python3 (a GPU machine's own" >&2
+    echo "image may lack some: pip install -r requirements-dev.txt, or install their wheels, then run again)" >&2
+    exit 2
+fi
 mkdir -p "$RESULTS"
 LOG=$RESULTS/run.log
 start=$SECONDS

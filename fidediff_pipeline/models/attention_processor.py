@@ -6,7 +6,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 # PyTorch's flash-attention kernels take heads of at most 256 channels; wider heads fall to the memory-efficient
-# kernel, which is slow at SD's VAE head of 512 (benchmarks/README.md, "VAE attention").
+# kernel, which is slow at SD's VAE head of 512 (benchmarks/README.md, "NVIDIA H200").
 FLASH_MAX_HEAD_DIM = 256
 
 

@@ -938,7 +938,7 @@ def same_size_batches(sizes: list[tuple[int, int]], batch_size: int | None = Non
 
 def _use_wide_head_attention(vae) -> None:
     """SD's VAE attention (one head of 512 channels) through `WideHeadAttnProcessor`: query chunks of plain matrix
-    products on CUDA, where SDPA has no flash kernel for such a head (benchmarks/README.md, "VAE attention"); SDPA
+    products on CUDA, where SDPA has no flash kernel for such a head (benchmarks/README.md, "NVIDIA H200"); SDPA
     elsewhere. Only a VAE on diffusers' default processor: one a caller set is kept."""
     if not isinstance(vae, AutoencoderKL):
         return
