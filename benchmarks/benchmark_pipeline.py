@@ -428,7 +428,7 @@ def child_argv(args, preset, dtype, kcn, comp, cl, attn, mem, size, batch, upsca
     """The command line of an ``--isolate`` child: one configuration (size, batch, upscale factor)."""
     argv = [sys.executable, __file__, "--child", "--preset", preset, "--device", "cpu", "--dtypes", dtype,
             "--sizes", _fmt_size(size), "--batch-sizes", str(batch), "--upscale-factors", str(upscale),
-            "--kcn", "on" if kcn else "off", "--compile", {True: "on", False: "off"}.get(comp, comp),
+            "--kcn", "on" if kcn else "off", "--compile", _on_off(comp),
             "--channels-last", "on" if cl else "off", "--attention", attn, "--cpu-memory", mem,
             "--tiling", args.tiling,
             "--timestep", str(args.timestep), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
@@ -484,7 +484,7 @@ def summary_line(r: dict) -> str:
     if "error" in r:
         return f"{head}: {r['error']}"
     mem = r.get("peak_cuda_allocated_gib") or r.get("peak_rss_gib")
-    line = (f"{head} compile={_compile_label(r['compile'])} cl={int(r['channels_last'])} attn={r['attention']} "
+    line = (f"{head} compile={_on_off(r['compile'])} cl={int(r['channels_last'])} attn={r['attention']} "
             f"cpu_memory={r.get('cpu_memory', '-')} cudnn_benchmark={int(r.get('cudnn_benchmark', False))} "
             f"group_norm={r.get('group_norm', 'native')} "
             f"median {r['pipeline']['median_s']:.4f}s (min {r['pipeline']['min_s']:.4f}, max {r['pipeline']['max_s']:.4f}) "
@@ -498,7 +498,9 @@ def summary_line(r: dict) -> str:
     return line
 
 
-def _compile_label(value) -> str:
+def _on_off(value) -> str:
+    """A record's switch as the command line spells it: True / False as on / off, other values (compile "unet")
+    as they are."""
     return {True: "on", False: "off"}.get(value, str(value))
 
 
@@ -511,8 +513,8 @@ def markdown_table(records: list[dict]) -> str:
     lines = ["| preset | size | B | d | KCN | dtype | t | tiling | compile | channels-last | attention | CPU memory | cuDNN benchmark | group norm | median s/call | min-max | images/s | s/MPx | per px vs smallest | peak mem GiB | pipeline / components |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        cudnn = {True: "on", False: "off"}.get(r.get("cudnn_benchmark"), "")
-        head = (f"{_head(r)} {r.get('tiling', 'off')} | {_compile_label(r['compile'])} | "
+        cudnn = _on_off(r["cudnn_benchmark"]) if "cudnn_benchmark" in r else ""  # CUDA records only
+        head = (f"{_head(r)} {r.get('tiling', 'off')} | {_on_off(r['compile'])} | "
                 f"{'on' if r['channels_last'] else 'off'} | {r['attention']} | {r.get('cpu_memory', '')} | {cudnn} | "
                 f"{r.get('group_norm', 'native')} |")
         if "error" in r:

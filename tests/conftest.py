@@ -35,3 +35,40 @@ def rgb_image():
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def small_kl_vae():
+    """A factory of small ``AutoencoderKL`` models with SD's mid-block attention (one head as wide as its 64
+    channels), in eval mode, seeded."""
+    from diffusers import AutoencoderKL
+
+    def make(seed: int = 0) -> AutoencoderKL:
+        torch.manual_seed(seed)
+        return AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, latent_channels=4).eval()
+
+    return make
+
+
+@pytest.fixture
+def pipeline_with_kl_vae():
+    """A factory of `FideDiffPipeline`s around an ``AutoencoderKL`` with attention (the tiny preset's factor-4 test
+    config) and the tiny UNet; ``make(vae)`` takes a VAE of one's own."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from fidediff_pipeline import FideDiffPipeline
+    from fidediff_pipeline.presets import build_pipeline, tiny_autoencoder_kl_config
+
+    tiny = build_pipeline("tiny", with_kernel_controlnet=False)
+
+    def make(vae=None) -> FideDiffPipeline:
+        vae = vae if vae is not None else new_vae()
+        return FideDiffPipeline(vae=vae, unet=tiny.unet, scheduler=DDPMScheduler(),
+                                prompt_embedding=tiny.prompt_embedding)
+
+    def new_vae() -> AutoencoderKL:
+        return AutoencoderKL(**{**tiny_autoencoder_kl_config(), "mid_block_add_attention": True})
+
+    make.new_vae = new_vae
+    return make

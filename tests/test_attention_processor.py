@@ -4,20 +4,10 @@ FideDiffPipeline sets it on an AutoencoderKL (keeping a processor a caller chose
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import fidediff_pipeline.models.attention_processor as attention_processor
-from fidediff_pipeline import FideDiffPipeline
 from fidediff_pipeline.models.attention_processor import WideHeadAttnProcessor, chunked_attention
-from fidediff_pipeline.presets import build_pipeline, tiny_autoencoder_kl_config
-
-
-def small_vae(seed: int = 0) -> AutoencoderKL:
-    """An AutoencoderKL with SD's mid-block attention (one head as wide as its 64 channels)."""
-    torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, latent_channels=4).eval()
 
 
 @pytest.fixture
@@ -50,8 +40,8 @@ def test_chunked_attention_fp16_scores_stay_finite():
     assert torch.allclose(out.float(), F.scaled_dot_product_attention(q, k, v), atol=2e-2)
 
 
-def test_processor_equals_sdpa_on_a_vae_when_forced_onto_the_cpu(count_chunked):
-    vae = small_vae()
+def test_processor_equals_sdpa_on_a_vae_when_forced_onto_the_cpu(count_chunked, small_kl_vae):
+    vae = small_kl_vae()
     x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         reference = vae.decode(vae.encode(x).latent_dist.mode()).sample
@@ -61,8 +51,8 @@ def test_processor_equals_sdpa_on_a_vae_when_forced_onto_the_cpu(count_chunked):
     assert (out - reference).abs().max() < 1e-4
 
 
-def test_processor_falls_back_to_sdpa_where_the_chunked_path_does_not_apply(count_chunked):
-    vae = small_vae()
+def test_processor_falls_back_to_sdpa_where_the_chunked_path_does_not_apply(count_chunked, small_kl_vae):
+    vae = small_kl_vae()
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
         reference = vae.decode(vae.encode(x).latent_dist.mode()).sample
@@ -84,17 +74,14 @@ def test_processor_refuses_a_non_positive_score_budget():
         WideHeadAttnProcessor(max_scores=0)
 
 
-def test_pipeline_sets_it_on_an_autoencoder_kl_and_keeps_a_processor_the_caller_chose():
-    tiny = build_pipeline("tiny", with_kernel_controlnet=False)
-    parts = dict(unet=tiny.unet, scheduler=DDPMScheduler(), prompt_embedding=tiny.prompt_embedding)
-    config = {**tiny_autoencoder_kl_config(), "mid_block_add_attention": True}
-    pipe = FideDiffPipeline(vae=AutoencoderKL(**config), **parts)
+def test_pipeline_sets_it_on_an_autoencoder_kl_and_keeps_a_processor_the_caller_chose(pipeline_with_kl_vae):
+    pipe = pipeline_with_kl_vae()
     processors = pipe.vae.attn_processors
     assert len(processors) == 2 and all(isinstance(p, WideHeadAttnProcessor) for p in processors.values())
 
-    chosen = AutoencoderKL(**config)
+    chosen = pipeline_with_kl_vae.new_vae()
     chosen.set_attn_processor(AttnProcessor())
-    pipe = FideDiffPipeline(vae=chosen, **parts)
+    pipe = pipeline_with_kl_vae(chosen)
     assert all(type(p) is AttnProcessor for p in pipe.vae.attn_processors.values())
     # and diffusers' default comes back on request
     pipe.vae.set_attn_processor(AttnProcessor2_0())

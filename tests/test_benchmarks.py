@@ -20,21 +20,16 @@ def test_cpu_model_reads_name_and_clock_and_falls_back_without_cpuinfo(tmp_path)
     assert benchmark_pipeline.cpu_model(tmp_path / "missing") == platform.processor()
 
 
-def test_attention_cudnn_and_group_norm_options_reach_the_pipeline():
+def test_attention_cudnn_and_group_norm_options_reach_the_pipeline(pipeline_with_kl_vae):
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    from fidediff_pipeline import FideDiffPipeline
     from fidediff_pipeline.models.attention_processor import WideHeadAttnProcessor
-    from fidediff_pipeline.presets import build_pipeline, tiny_autoencoder_kl_config
 
-    tiny = build_pipeline("tiny", with_kernel_controlnet=False)
-    vae = AutoencoderKL(**{**tiny_autoencoder_kl_config(), "mid_block_add_attention": True})
+    vae = pipeline_with_kl_vae.new_vae()
 
     def fresh():
-        return FideDiffPipeline(vae=vae, unet=tiny.unet, scheduler=DDPMScheduler(),
-                                prompt_embedding=tiny.prompt_embedding)
+        return pipeline_with_kl_vae(vae)
 
     def vae_processors(pipe):
         return {type(p) for p in pipe.vae.attn_processors.values()}

@@ -4,7 +4,6 @@ and use_reduction_group_norm swaps modules without touching the weights."""
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from torch import nn
 
 from fidediff_pipeline.models.normalization import ReductionGroupNorm, use_reduction_group_norm
@@ -53,10 +52,8 @@ def test_nn_group_norm_path_where_the_reduction_path_does_not_apply():
                        plain(x.contiguous(memory_format=torch.channels_last)))  # not contiguous in NCHW
 
 
-def test_use_reduction_group_norm_swaps_every_group_norm_and_keeps_the_weights():
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, latent_channels=4).eval()
+def test_use_reduction_group_norm_swaps_every_group_norm_and_keeps_the_weights(small_kl_vae):
+    vae = small_kl_vae()
     before = {k: v.data_ptr() for k, v in vae.state_dict().items()}
     expected = sum(type(m) is nn.GroupNorm for m in vae.modules())
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
