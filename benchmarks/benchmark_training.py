@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or min(args.train_batch_sizes) < 1 or args.levels_per_group < 1:
         parser.error("--steps, --train-batch-sizes and --levels-per-group must be positive")
+    if args.timeout_per_config is not None and args.timeout_per_config <= 0:
+        parser.error(f"--timeout-per-config takes a positive number of seconds; got {args.timeout_per_config:g}")
 
     run_start = time.perf_counter()
     records = []

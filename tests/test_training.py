@@ -375,7 +375,7 @@ def test_time_steps_only_times_every_step_and_writes_nothing_else(data, tmp_path
     assert not (out / "validation_history.json").exists()
 
 
-def test_training_benchmark_runs_each_stage_script_and_records_failures(tmp_path):
+def test_training_benchmark_runs_each_stage_script_and_records_failures(tmp_path, capsys):
     """benchmarks/benchmark_training.py on the tiny preset: the kernel stage times its steps; a configuration the
     stage refuses is a row with its error, not a crash."""
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -399,6 +399,9 @@ def test_training_benchmark_runs_each_stage_script_and_records_failures(tmp_path
     rows = json.loads(output.read_text())["results"]
     assert [r["gradient_checkpointing"] for r in rows] == [True, False]
     assert all(r["error"] == "not finished within --timeout-per-config 0.01 s" for r in rows)
+    with pytest.raises(SystemExit):
+        benchmark_training.main(["--preset", "tiny", "--timeout-per-config", "-5", "--output", str(output)])
+    assert "--timeout-per-config takes a positive number of seconds; got -5" in capsys.readouterr().err
 
 
 def test_bf16_accumulation_checkpointing_lora_and_float32_export(data, tmp_path):
