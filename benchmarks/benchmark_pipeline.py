@@ -142,12 +142,16 @@ def apply_optimisations(pipe: FideDiffPipeline, compile_model, channels_last: bo
                 model.set_attn_processor(processor())
     # Process-wide: cuDNN times its convolution algorithms on each new input shape and keeps the fastest.
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    if group_norm == "reduction":  # opt-in ReductionGroupNorm (large 16-bit groups on CUDA; nn.GroupNorm elsewhere)
-        from fidediff_pipeline.models.normalization import use_reduction_group_norm
+    # "reduction": the opt-in ReductionGroupNorm in every model (large 16-bit groups on CUDA; nn.GroupNorm's path
+    # elsewhere); "native": nn.GroupNorm's path everywhere, also in a pipeline a previous group switched over.
+    from fidediff_pipeline.models.normalization import ReductionGroupNorm, use_reduction_group_norm
 
-        for model in (pipe.vae, pipe.unet, pipe.kernel_controlnet):
-            if model is not None:
-                use_reduction_group_norm(model)
+    for model in (pipe.vae, pipe.unet, pipe.kernel_controlnet):
+        if model is not None and group_norm == "reduction":
+            use_reduction_group_norm(model)
+        for module in model.modules() if model is not None else ():
+            if isinstance(module, ReductionGroupNorm):
+                module.devices = ReductionGroupNorm.devices if group_norm == "reduction" else ()
     # On the CPU the pipeline runs its models on channels-last inputs by default (pipe.channels_last_on_cpu);
     # "off" turns that off, so both layouts can be timed in one run. On CUDA "on" converts the models' weights.
     pipe.channels_last_on_cpu = channels_last
@@ -373,10 +377,8 @@ def run_group(args, preset, device, dtype_name, kcn, compile_model, channels_las
                     "tiling": "off" if args.tiling == "compare" else args.tiling, "compile": compile_model,
                     "channels_last": channels_last, "attention": attention, "timestep": args.timestep,
                 }
-                if device.type == "cuda":
-                    record["cudnn_benchmark"] = cudnn_benchmark
-                if group_norm != "native":  # files before 2026-12-04 have no such field: native
-                    record["group_norm"] = group_norm
+                if device.type == "cuda":  # (files before 2026-12-05 have a group_norm field only if not native)
+                    record["cudnn_benchmark"], record["group_norm"] = cudnn_benchmark, group_norm
                 if device.type == "cpu":
                     record["cpu_memory"] = "reuse" if reuse_cpu_memory else "default"
                 if hasattr(os, "getloadavg"):
@@ -659,7 +661,9 @@ def main(argv=None) -> int:
                         help="wide-head: the pipeline's own (WideHeadAttnProcessor on SD's VAE attention, SDPA elsewhere); "
                              "sdpa: diffusers' SDPA processor everywhere; eager: diffusers' classic processor")
     parser.add_argument("--group-norm", nargs="+", default=["native"], choices=["native", "reduction"],
-                        help="reduction: the opt-in ReductionGroupNorm in every model (large 16-bit groups on CUDA)")
+                        help="CUDA: native: nn.GroupNorm (the pipeline's default); reduction: the opt-in "
+                             "ReductionGroupNorm in every model (large 16-bit groups). The CPU always takes "
+                             "nn.GroupNorm's path")
     parser.add_argument("--cudnn-benchmark", nargs="+", default=["off"], choices=["on", "off"],
                         help="CUDA: torch.backends.cudnn.benchmark (autotune convolutions per new input shape)")
     parser.add_argument("--cpu-memory", nargs="+", default=["reuse"], choices=["reuse", "default"],
@@ -707,9 +711,8 @@ def main(argv=None) -> int:
     groups = [(preset, dt, kcn == "on", compile_values[comp], cl == "on", attn, mem, cudnn == "on", gn)
               for preset in args.preset for dt in dtypes for kcn in args.kcn for comp in args.compile
               for cl in args.channels_last for attn in args.attention for mem in args.cpu_memory
-              for cudnn in (args.cudnn_benchmark if device.type == "cuda" else ["off"]) for gn in args.group_norm]
-    if args.isolate and device.type == "cpu" and args.group_norm != ["native"]:
-        parser.error("--group-norm reduction is for CUDA runs (the CPU keeps nn.GroupNorm's path); leave out --isolate")
+              for cudnn in (args.cudnn_benchmark if device.type == "cuda" else ["off"])
+              for gn in (args.group_norm if device.type == "cuda" else ["native"])]  # CPU: nn.GroupNorm's path
     records: list[dict] = []
     for preset, dt, kcn, comp, cl, attn, mem, cudnn, gn in groups:
         if args.isolate and device.type == "cpu":

@@ -4,18 +4,24 @@
 # weights, bf16. What the 2026-12-04 H200 run measured (VAE attention SDPA vs WideHeadAttnProcessor, cuDNN
 # autotuning, channels-last, batches, the kernel stage, checkpointing off) is in results/h200_sd21_*.json, each
 # file's exact command in its environment.command.
+#   0 gn_ops    every GroupNorm shape of the VAE and UNet at 1280x720, d = 4, alone: nn.GroupNorm vs
+#               ReductionGroupNorm, time and error against float64 (benchmark_group_norm.py)
 #   1 floor     1280x720, d = 4, Kernel ControlNet, t = 200: nn.GroupNorm vs the opt-in ReductionGroupNorm
-#               (GroupNorm was 49% of the GPU time), one profiled call each (top CUDA ops by device time)
-#   2 batches   the faster of (1) at t = auto: batch 1, 4, 8 at 1280x720 and 512x512
-#   2b tiling   the faster of (1), 1280x720 untiled and with tiling forced (issue 15: at most 1.3x)
+#               (GroupNorm was 49% of the GPU time), one profiled call each; if it wins, make it the pipeline's
+#               default on CUDA (as _use_wide_head_attention does for the VAE attention) and set its
+#               min_group_elements from gn_ops
+#   1b paths    the same image in float32 (old paths) and bf16 with each attention x group norm: PSNR between them
+#   2 tiling    the faster of (1), 1280x720 untiled and with tiling forced (issue 15: at most 1.3x)
 #   3 training  stages 1 and 3 (base, kcn), 512 px crops, gradient checkpointing on, batch 1 and 2 (batch 4 ran out
 #               of memory with it on and off; batch 1 without it took 87-93 GiB)
 #   4 compile   the faster of (1) with the UNet and the ControlNet compiled (torch.compile; ZeroGPU has none)
+#   5 batches   the faster of (1) at t = auto: batch 1, 4, 8 at 1280x720 and 512x512
 # Writes <gpu>_*.json and run.log under RESULTS (default benchmarks/results/gpu_run).
 #
 #   RESULTS=$OUT DEADLINE_S=540 bash benchmarks/run_gpu_issue15.sh
-#   # a CPU rehearsal of every command on the tiny preset:
-#   DEVICE=cpu PRESET=tiny BIG=128x128 SMALL=64x64 TRAIN_RES=64 TRAIN_BATCHES=1 bash benchmarks/run_gpu_issue15.sh
+#   # a CPU rehearsal of every command on the tiny preset (gn_ops and paths on SD 2.1-base's shapes at 32x32):
+#   DEVICE=cpu PRESET=tiny BIG=128x128 SMALL=64x64 TRAIN_RES=64 TRAIN_BATCHES=1 GN_SIZE=32x32 \
+#       bash benchmarks/run_gpu_issue15.sh
 set -u
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmarks/results/gpu_run}
@@ -26,6 +32,7 @@ BIG=${BIG:-1280x720}
 SMALL=${SMALL:-512x512}
 TRAIN_RES=${TRAIN_RES:-512}
 TRAIN_BATCHES=${TRAIN_BATCHES:-"1 2"}
+GN_SIZE=${GN_SIZE:-$BIG}
 DTYPE=$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)
 PRECISION=$([ "$DEVICE" = cuda ] && echo bf16 || echo no)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -67,17 +74,21 @@ PY
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
   python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"; } | tee -a "$LOG"
 
+phase gn_ops 40 python3 benchmarks/benchmark_group_norm.py --device "$DEVICE" --size "$GN_SIZE" --upscale 2 \
+    --output "$RESULTS/${GPU}_group_norm_ops.json"
 phase floor 60 $BENCH --sizes $BIG --timestep 200 --group-norm native reduction --profile --warmup 2 --repeats 5 \
     --output "$RESULTS/${GPU}_group_norm.json"
 GROUP_NORM=$(fastest_group_norm)
 echo "fastest: group norm $GROUP_NORM" | tee -a "$LOG"
-phase batches 90 $BENCH --sizes $BIG $SMALL --timestep auto --group-norm "$GROUP_NORM" --batch-sizes 1 4 8 \
-    --warmup 1 --repeats 3 --output "$RESULTS/${GPU}_batches_group_norm.json"
+phase paths 40 python3 benchmarks/compare_gpu_paths.py --device "$DEVICE" --size "$GN_SIZE" \
+    --output "$RESULTS/${GPU}_paths.json"
 phase tiling 40 $BENCH --sizes $BIG --timestep 200 --group-norm "$GROUP_NORM" --tiling compare \
     --warmup 1 --repeats 3 --output "$RESULTS/${GPU}_tiling.json"
 # shellcheck disable=SC2086  # TRAIN_BATCHES is a list
 phase training 100 $TRAIN --stages base kcn --train-batch-sizes $TRAIN_BATCHES --gradient-checkpointing on \
     --timeout-per-config 80 --output "$RESULTS/${GPU}_training_checkpointing.json"
-phase compile 120 $BENCH --sizes $BIG --timestep 200 --group-norm "$GROUP_NORM" --compile unet \
+phase compile 100 $BENCH --sizes $BIG --timestep 200 --group-norm "$GROUP_NORM" --compile unet \
     --warmup 2 --repeats 5 --output "$RESULTS/${GPU}_compile_unet.json"
+phase batches 60 $BENCH --sizes $BIG $SMALL --timestep auto --group-norm "$GROUP_NORM" --batch-sizes 1 4 8 \
+    --warmup 1 --repeats 3 --output "$RESULTS/${GPU}_batches_group_norm.json"
 echo "=== all done at $((SECONDS - start)) s" | tee -a "$LOG"

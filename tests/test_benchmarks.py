@@ -48,9 +48,13 @@ def test_attention_cudnn_and_group_norm_options_reach_the_pipeline(pipeline_with
         from fidediff_pipeline.models.normalization import ReductionGroupNorm
 
         pipe = fresh()
+        benchmark_pipeline.apply_optimisations(pipe, False, False, "wide-head", group_norm="native")
+        assert not any(isinstance(m, ReductionGroupNorm) for model in (pipe.vae, pipe.unet) for m in model.modules())
         benchmark_pipeline.apply_optimisations(pipe, False, False, "wide-head", group_norm="reduction")
         norms = [m for model in (pipe.vae, pipe.unet) for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
-        assert norms and all(type(m) is ReductionGroupNorm for m in norms)
+        assert norms and all(type(m) is ReductionGroupNorm and m.devices == ("cuda",) for m in norms)
+        benchmark_pipeline.apply_optimisations(pipe, False, False, "wide-head", group_norm="native")
+        assert all(m.devices == () for m in norms)  # switched over before: nn.GroupNorm's path everywhere
     finally:
         torch.backends.cudnn.benchmark = before
 
@@ -69,3 +73,42 @@ def test_compile_unet_compiles_the_unet_and_controlnet_but_not_the_vae():
         "dtype": "float32", "timestep": 200, "compile": "unet", "channels_last": False, "attention": "wide-head",
         "cudnn_benchmark": True, "error": "x"}]).splitlines()[-1]
     assert "| unet | off | wide-head |  | on | native |" in line
+
+
+def test_group_norm_benchmark_finds_every_call_and_measures_both_paths(tmp_path):
+    """benchmark_group_norm: SD 2.1-base's VAE meets 52 GroupNorm calls in one encode + decode, the UNet 61 in one
+    call (counted through forward hooks on the meta device); on the CPU both paths are timed and agree with a
+    float64 reference to bf16's rounding."""
+    import json
+
+    import benchmark_group_norm
+
+    shapes = benchmark_group_norm.group_norm_shapes(64, 48)
+    calls = {model: sum(n for (m, _, _), n in shapes.items() if m == model) for model in ("vae", "unet")}
+    assert calls == {"vae": 52, "unet": 61}
+    assert shapes[("vae", (1, 128, 48, 64), 32)] == 10  # the encoder's and decoder's full-resolution blocks
+    output = tmp_path / "gn.json"
+    assert benchmark_group_norm.main(["--device", "cpu", "--size", "16x16", "--repeats", "1",
+                                      "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert sum(r["calls"] for r in report["results"]) == 52 + 61
+    for row in report["results"]:
+        assert not row["reduction_path_by_default"]  # the CPU keeps nn.GroupNorm's path
+        for path in ("native", "reduction"):
+            assert row[path]["median_s"] > 0 and 0 < row[path]["rms_error"] < 0.01
+        assert row["reduction"]["rms_error"] <= 1.2 * row["native"]["rms_error"]
+    assert set(report["total_s"]) == {"vae", "unet"}
+
+
+def test_compare_gpu_paths_on_the_cpu_rows_agree_with_the_reference(tmp_path):
+    """On the CPU the pipeline takes the old paths whatever is asked, so all four rows equal the float32 reference."""
+    import json
+
+    import compare_gpu_paths
+
+    output = tmp_path / "paths.json"
+    assert compare_gpu_paths.main(["--device", "cpu", "--preset", "tiny", "--size", "48x32", "--output",
+                                   str(output)]) == 0
+    rows = json.loads(output.read_text())["results"]
+    assert {(r["attention"], r["group_norm"]) for r in rows} == set(compare_gpu_paths.PATHS)
+    assert all(r["finite"] and r["max_abs"] == 0 and r["psnr_db"] is None for r in rows)
