@@ -12,8 +12,9 @@
 #               min_group_elements from gn_ops
 #   1b paths    the same image in float32 (old paths) and bf16 with each attention x group norm: PSNR between them
 #   2 tiling    the faster of (1), 1280x720 untiled and with tiling forced (issue 15: at most 1.3x)
-#   3 training  stages 1 and 3 (base, kcn), 512 px crops, gradient checkpointing on, batch 1 and 2 (batch 4 ran out
-#               of memory with it on and off; batch 1 without it took 87-93 GiB)
+#   3 training  stages 1 and 3 (base, kcn), 512 px crops, gradient checkpointing on, batch 4 and 2 (batch 4 ran out
+#               of memory with it on and off on 2026-12-04; batch 1 without it took 87-93 GiB; since then the
+#               discriminator is checkpointed and the VAE decoder one layer at a time, train/README.md)
 #   4 compile   the faster of (1) with the UNet and the ControlNet compiled (torch.compile; ZeroGPU has none)
 #   5 batches   the faster of (1) at t = auto: batch 1, 4, 8 at 1280x720 and 512x512
 # Writes <gpu>_*.json and run.log under RESULTS (default benchmarks/results/gpu_run).
@@ -31,7 +32,7 @@ PRESET=${PRESET:-sd21-base}
 BIG=${BIG:-1280x720}
 SMALL=${SMALL:-512x512}
 TRAIN_RES=${TRAIN_RES:-512}
-TRAIN_BATCHES=${TRAIN_BATCHES:-"1 2"}
+TRAIN_BATCHES=${TRAIN_BATCHES:-"4 2"}
 GN_SIZE=${GN_SIZE:-$BIG}
 DTYPE=$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)
 PRECISION=$([ "$DEVICE" = cuda ] && echo bf16 || echo no)

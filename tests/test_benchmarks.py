@@ -112,3 +112,28 @@ def test_compare_gpu_paths_on_the_cpu_rows_agree_with_the_reference(tmp_path):
     rows = json.loads(output.read_text())["results"]
     assert {(r["attention"], r["group_norm"]) for r in rows} == set(compare_gpu_paths.PATHS)
     assert all(r["finite"] and r["max_abs"] == 0 and r["psnr_db"] is None for r in rows)
+
+
+def test_training_saved_activations_counts_each_component_and_checkpointing_keeps_less(tmp_path):
+    """benchmarks/training_saved_activations.py on the tiny preset's stage 1: the UNet's blocks and the VAE decoder
+    appear by name, and with --gradient_checkpointing the step keeps fewer bytes for its backward pass."""
+    import json
+
+    import training_saved_activations
+
+    from train import common
+
+    run_training = common.run_training
+    totals = {}
+    for flag in ([], ["--gradient_checkpointing"]):
+        output = tmp_path / f"saved{len(flag)}.json"
+        assert training_saved_activations.main(
+            ["--output", str(output), "train/train_base.py", "--preset", "tiny", "--resolution", "64",
+             "--mixed_precision", "no", "--levels_per_group", "2", *flag]) == 0
+        report = json.loads(output.read_text())
+        parts = report["saved_gib_by_component"]
+        assert any(name.startswith("unet.up_blocks.") for name in parts) and "discriminator" in parts
+        assert abs(sum(parts.values()) - report["saved_gib_total"]) < 1e-9 and report["saved_gib_total"] > 0
+        totals[bool(flag)] = report["saved_gib_total"]
+    assert common.run_training is run_training  # restored after the run
+    assert totals[True] < 0.6 * totals[False]

@@ -479,7 +479,11 @@ def test_kernel_controlnet_trains_and_gradient_checkpointing_gives_the_same_grad
     assert not model.is_gradient_checkpointing
     model.enable_gradient_checkpointing()
     assert model.is_gradient_checkpointing
+    assert model.kernel_estimator.gradient_checkpointing  # M's residual blocks too (stage 2 trains only M and T)
+    recomputed = []
+    model.kernel_estimator.mid_block.register_forward_pre_hook(lambda m, a: recomputed.append(torch.is_grad_enabled()))
     checkpointed = _training_gradients(model, kcn_inputs)
+    assert len(recomputed) == 2  # the forward pass, then the recomputation in the backward pass
     assert set(checkpointed) == set(plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

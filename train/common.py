@@ -85,7 +85,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory: UNet, ControlNet and the VAE decoder the losses backpropagate through")
+    g.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory: UNet, ControlNet, the VAE decoder the losses backpropagate through and the stage-1 discriminator")
     g.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
                    help="overrides the accelerate config; frozen components are cast to this dtype")
     g.add_argument("--seed", type=int, default=0)

@@ -172,7 +172,7 @@ class BaseStage(common.Stage):
 
     def __init__(self, args, accelerator):
         from fidediff_pipeline import FideDiffPipeline
-        from fidediff_pipeline.training_utils import LatentDiscriminator
+        from fidediff_pipeline.training_utils import LatentDiscriminator, enable_vae_decoder_checkpointing
 
         self.args, self.accelerator = args, accelerator
         if args.pretrained_model_name_or_path:
@@ -206,7 +206,9 @@ class BaseStage(common.Stage):
             unet.enable_gradient_checkpointing()
             # The image losses backpropagate through the frozen VAE decoder: at 512 px crops and d = 4 its
             # activations (1024 px, 128-512 channels, per sample) were what ran out of memory on a 141 GB GPU.
-            pipe.vae.enable_gradient_checkpointing()
+            enable_vae_decoder_checkpointing(pipe.vae)
+            if self.discriminator is not None:  # its activations were the largest part left (train/README.md)
+                self.discriminator.enable_gradient_checkpointing()
         pipe.prompt_embedding.requires_grad_(not args.freeze_embedding)
         self.model = BaseStageModel(unet, pipe.prompt_embedding, pipe.vae, pipe.scheduler.alphas_cumprod, args,
                                     ea_loss, self.discriminator)

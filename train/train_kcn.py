@@ -154,9 +154,11 @@ class KCNStage(common.Stage):
         if args.freeze_estimator:  # their losses stay in the logs; with no trainable weights they change nothing
             common.freeze(pipe.kernel_controlnet.kernel_estimator, pipe.kernel_controlnet.timestep_regressor)
         if args.gradient_checkpointing:
+            from fidediff_pipeline.training_utils import enable_vae_decoder_checkpointing
+
             pipe.kernel_controlnet.enable_gradient_checkpointing()
             pipe.unet.enable_gradient_checkpointing()
-            pipe.vae.enable_gradient_checkpointing()  # the image losses backpropagate through its decoder
+            enable_vae_decoder_checkpointing(pipe.vae)  # the image losses backpropagate through its decoder
         self.model = KCNStageModel(pipe.kernel_controlnet, pipe.unet, pipe.prompt_embedding, pipe.vae,
                                    pipe.scheduler.alphas_cumprod, args, ea_loss)
         self.frozen = (pipe.vae, pipe.unet, pipe.prompt_embedding)

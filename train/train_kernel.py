@@ -148,6 +148,8 @@ class KernelStage(common.Stage):
             kcn.kernel_estimator.requires_grad_(True).train()
         if args.time_weight > 0:
             kcn.timestep_regressor.requires_grad_(True).train()
+        if args.gradient_checkpointing:  # M's residual blocks (this stage trains M and T only)
+            kcn.enable_gradient_checkpointing()
         self.model = KernelStageModel(kcn.kernel_estimator, args.reblur_space, kcn.timestep_regressor, args.time_weight,
                                       args.kernel_weight, args.kernel_moment_weight, args.time_only,
                                       args.time_loss)

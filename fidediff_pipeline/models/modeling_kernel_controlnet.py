@@ -274,6 +274,14 @@ class KernelEstimator(nn.Module):
             self.conv_out.bias.zero_()
             self.conv_out.bias[(kernel_size * kernel_size) // 2] = 4.0
         self.downscale = 2 ** (len(block_channels) - 1)
+        # diffusers' switch: KernelControlNetModel.enable_gradient_checkpointing() turns it on here too, and then each
+        # residual block is recomputed in the backward pass (its activations at image resolution are M's memory)
+        self.gradient_checkpointing = False
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(block, x)
+        return block(x)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` ``[B, 3, H, W]`` in ``[-1, 1]`` -> kernels ``[B, m*m, ceil(H / s), ceil(W / s)]``."""
@@ -283,15 +291,15 @@ class KernelEstimator(nn.Module):
         x = self.conv_in(x)
         skips = []
         for block, down in zip(self.down_blocks, self.downsamplers):
-            x = block(x)
+            x = self._run_block(block, x)
             skips.append(x)
             x = down(x)
-        x = self.mid_block(x)
+        x = self._run_block(self.mid_block, x)
         skips.pop()  # the deepest level feeds the mid block directly
         for block in self.up_blocks:
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = block(torch.cat([x, skip], dim=1))
+            x = self._run_block(block, torch.cat([x, skip], dim=1))
         s = self.output_stride
         if self.autocorrelation is not None:
             if self.global_context_in is None:
@@ -302,7 +310,7 @@ class KernelEstimator(nn.Module):
             if whole is not None:
                 features = features + self.global_context_in(whole.to(x.dtype))[..., None, None]
             x = x[..., : features.shape[-2], : features.shape[-1]]
-            x = self.autocorrelation_block(torch.cat([x, features], dim=1))
+            x = self._run_block(self.autocorrelation_block, torch.cat([x, features], dim=1))
         logits = self.conv_out(F.silu(self.norm_out(x)))[..., : -(-h // s), : -(-w // s)]
         return torch.softmax(logits.float(), dim=1).to(image.dtype)
 
