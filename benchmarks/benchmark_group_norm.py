@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         parser.error(f"--repeats takes a positive number; got {args.repeats}")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this machine has no CUDA device PyTorch can use (--device cpu rehearses)")
     generator = torch.Generator(device).manual_seed(0)  # inputs made where they are used (the largest: 472M values)
     rows = []
     for (model, shape, groups), count in sorted(group_norm_shapes(width, height).items(),

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this machine has no CUDA device PyTorch can use (--device cpu rehearses)")
     width, height = args.size
     generator = torch.Generator().manual_seed(0)
     # a photo-like input: smooth at large scales, textured at small ones

@@ -137,3 +137,22 @@ def test_training_saved_activations_counts_each_component_and_checkpointing_keep
         totals[bool(flag)] = report["saved_gib_total"]
     assert common.run_training is run_training  # restored after the run
     assert totals[True] < 0.6 * totals[False]
+
+
+def test_gpu_scripts_refuse_a_missing_cuda_device_and_bad_sizes(monkeypatch, capsys, tmp_path):
+    import benchmark_group_norm
+    import compare_gpu_paths
+    import pytest
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for main, argv, message in [
+        (benchmark_group_norm.main, ["--device", "cuda"], "no CUDA device"),
+        (compare_gpu_paths.main, ["--device", "cuda"], "no CUDA device"),
+        (benchmark_group_norm.main, ["--device", "cpu", "--size", "12"], "WIDTHxHEIGHT"),
+        (benchmark_group_norm.main, ["--device", "cpu", "--repeats", "0"], "positive"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--output", str(tmp_path / "x.json")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
