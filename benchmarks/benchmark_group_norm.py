@@ -9,7 +9,8 @@ reference on the same input. Writes a JSON file.
 
 Every shape is timed on both paths (ReductionGroupNorm's own threshold, ``min_group_elements``, lifted) so the
 threshold can be read off the rows. The inputs are random with a mean per channel up to 3x its spread, as
-activations have (E[x^2] - E[x]^2 loses digits as the mean grows); a model's total is each shape's median time times how often the model meets that shape.
+activations have (E[x^2] - E[x]^2 loses digits as the mean grows); a model's total is each shape's median time
+times how often the model meets that shape.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmark_pipeline import parse_size, time_call  # noqa: E402
 
 from fidediff_pipeline.atomic_io import write_text_atomic  # noqa: E402
 from fidediff_pipeline.models.normalization import ReductionGroupNorm  # noqa: E402
@@ -55,20 +57,6 @@ def group_norm_shapes(width: int, height: int) -> Counter:
     return seen
 
 
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_shape(shape, groups, device, dtype, repeats, generator) -> dict:
     channels = shape[1]
     spread = torch.rand(1, channels, *(1,) * (len(shape) - 2), generator=generator, device=device) + 0.5
@@ -88,7 +76,7 @@ def measure_shape(shape, groups, device, dtype, repeats, generator) -> dict:
         for name, module in (("native", native), ("reduction", reduction)):
             out = module(x)
             error = out.double() - reference
-            row[name] = {"median_s": _median_seconds(lambda: module(x), device, repeats),
+            row[name] = {"median_s": time_call(lambda: module(x), device, warmup=1, repeats=repeats)["median_s"],
                          "max_abs_error": error.abs().max().item(), "rms_error": error.pow(2).mean().sqrt().item()}
             del out, error
         del reference, x
@@ -97,17 +85,14 @@ def measure_shape(shape, groups, device, dtype, repeats, generator) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="1280x720", help="the image, WIDTHxHEIGHT, before --upscale")
+    parser.add_argument("--size", type=parse_size, default="1280x720", help="the image, WIDTHxHEIGHT, before --upscale")
     parser.add_argument("--upscale", type=int, default=2, help="the pipeline's upscale factor (2 = d 4 on SD's VAE)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        width, height = (int(v) * args.upscale for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size must be WIDTHxHEIGHT, e.g. 1280x720; got {args.size!r}")
+    width, height = (v * args.upscale for v in args.size)
     if args.repeats < 1:
         parser.error(f"--repeats takes a positive number; got {args.repeats}")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -121,7 +106,8 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{model} {shape} x{count}: native {row['native']['median_s'] * 1e3:.2f} ms "
               f"(rms {row['native']['rms_error']:.2e}), reduction {row['reduction']['median_s'] * 1e3:.2f} ms "
-              f"(rms {row['reduction']['rms_error']:.2e}){'' if row['reduction_path_by_default'] else ' [below min_group_elements]'}",
+              f"(rms {row['reduction']['rms_error']:.2e})"
+              f"{'' if row['reduction_path_by_default'] else ' [below min_group_elements]'}",
               flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()

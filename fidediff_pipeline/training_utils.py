@@ -114,9 +114,9 @@ def _checkpoint_up_block_by_layer(block, *args):
         return _checkpoint_call(block, *args)
     hidden_states, temb = args[0], (args[1] if len(args) > 1 else None)
     for resnet in block.resnets:
-        hidden_states = checkpoint(resnet.__call__, hidden_states, temb, use_reentrant=False)
+        hidden_states = _checkpoint_call(resnet, hidden_states, temb)
     for upsampler in block.upsamplers or ():
-        hidden_states = checkpoint(upsampler.__call__, hidden_states, use_reentrant=False)
+        hidden_states = _checkpoint_call(upsampler, hidden_states)
     return hidden_states
 
 

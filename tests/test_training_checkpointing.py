@@ -2,24 +2,25 @@
 discriminator (a copy of the UNet encoder) and the frozen VAE decoder, one layer at a time. Same gradients as
 without; fewer tensors kept (the discriminator) or one layer recomputed at a time (the decoder)."""
 
+import sys
+from pathlib import Path
+
 import torch
 
-from fidediff_pipeline.presets import build_unet
-from fidediff_pipeline.training_utils import LatentDiscriminator, enable_vae_decoder_checkpointing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from training_saved_activations import SavedTensorCounter  # noqa: E402
+
+from fidediff_pipeline.presets import build_unet  # noqa: E402
+from fidediff_pipeline.training_utils import LatentDiscriminator, enable_vae_decoder_checkpointing  # noqa: E402
 
 
-def saved_bytes(fn) -> int:
-    """Bytes of the distinct storages autograd keeps for the backward pass while ``fn`` runs."""
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn()
-    return out, sum(storages.values())
+def saved_bytes(fn):
+    """``fn()``'s result and the bytes of the distinct storages autograd keeps for the backward pass while it runs
+    (the counter of benchmarks/training_saved_activations.py)."""
+    counter = SavedTensorCounter()
+    out = counter.record(fn)
+    return out, sum(counter.bytes.values())
 
 
 def test_discriminator_checkpointing_keeps_the_gradients_and_saves_far_fewer_tensors():
