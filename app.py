@@ -23,12 +23,10 @@ import json
 import logging
 import math
 import os
-import struct
 import tempfile
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import gradio as gr
@@ -37,8 +35,9 @@ import PIL.Image
 import torch
 
 from fidediff_pipeline import DEFAULT_MODEL
+from fidediff_pipeline.atomic_io import save_image_atomic
 from fidediff_pipeline.hub.loading import default_model, load_pipeline
-from fidediff_pipeline.image_processing import read_image
+from fidediff_pipeline.image_processing import exif_orientation, read_image
 from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, kernel_lengths, sample_kernels
 
 logger = logging.getLogger("fidediff.app")
@@ -441,23 +440,12 @@ def estimate_text(size: tuple[int, int], upscale_factor: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- reading uploads
-_TRANSPOSE = {  # EXIF orientation -> numpy operations that show the picture the way it was taken
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
-    8: lambda a: np.rot90(a, 1),
-}
-
-
 def _header(path: str) -> dict | None:
     """Size, frame count and EXIF orientation from the file header (no decoding), or None if Pillow cannot open it."""
     try:
         with PIL.Image.open(path) as image:
-            try:
-                orientation = int(image.getexif().get(0x0112, 1))
-            except Exception:
-                orientation = 1
             return {"size": image.size, "frames": int(getattr(image, "n_frames", 1) or 1),
-                    "format": image.format or "", "orientation": orientation}
+                    "format": image.format or "", "orientation": exif_orientation(image)}
     except Exception:  # read_image below gives the readable reason
         return None
 
@@ -467,7 +455,7 @@ def read_upload(path: str) -> tuple[object, list[str]]:
 
     Returns the image and notes for the visitor. 8-bit files come back as an RGB PIL image; 16-bit PNG/TIFF as an
     ``HxWx3`` float32 array in ``[0, 1]`` (all 16 bits, processed in float). Animated GIFs and multi-page TIFFs:
-    the first frame, with a note that says so. The EXIF orientation is applied (phone photos).
+    the first frame, with a note that says so. The EXIF orientation is applied (phone photos; by `read_image`).
     """
     name = Path(path).name
     header = _header(path)
@@ -488,8 +476,6 @@ def read_upload(path: str) -> tuple[object, list[str]]:
     if header is not None and header["frames"] > 1:
         kind = "an animated GIF" if header["format"] == "GIF" else f"a {header['frames']}-page {header['format'] or 'file'}"
         notes.append(f"{name} is {kind} with {header['frames']} frames: FideDiff deblurs the first frame only.")
-    if header is not None and header["orientation"] in _TRANSPOSE:
-        data = np.ascontiguousarray(_TRANSPOSE[header["orientation"]](data))
     if data.dtype == np.uint8:
         return PIL.Image.fromarray(data), notes
     notes.append(f"{name} has more than 8 bits per channel: it is processed in full precision and the download "
@@ -502,21 +488,6 @@ def preview(image) -> PIL.Image.Image:
     if isinstance(image, PIL.Image.Image):
         return image
     return PIL.Image.fromarray(np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8))
-
-
-def write_png16(path: Path, rgb: np.ndarray) -> None:
-    """Write an ``HxWx3`` float array in ``[0, 1]`` as a 16-bit RGB PNG (Pillow cannot write 16-bit colour)."""
-    data = np.rint(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(">u2")
-    height, width = data.shape[:2]
-    rows = np.zeros((height, 1 + width * 6), dtype=np.uint8)  # filter byte 0 ("none") + 6 bytes a pixel
-    rows[:, 1:] = data.reshape(height, -1).view(np.uint8)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-    path.write_bytes(png + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------------------------------------------- page logic
@@ -579,10 +550,7 @@ def save_for_download(image, source_path: str) -> str:
     folder = DOWNLOAD_DIR / uuid.uuid4().hex  # one folder per result keeps the visitor's file name
     folder.mkdir()
     path = folder / f"{Path(source_path).stem}_fidediff.png"
-    if isinstance(image, PIL.Image.Image):
-        image.save(path, format="PNG")
-    else:
-        write_png16(path, image)
+    save_image_atomic(image, path)  # PIL image -> PNG; float array (a 16-bit upload's result) -> 16-bit PNG
     return str(path)
 
 

@@ -71,10 +71,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def save_image_atomic(image, path: str | os.PathLike) -> Path:
-    """Save a PIL image as PNG through a temporary name (the format is PNG whatever the temporary suffix)."""
+    """Save an image as PNG through a temporary name: a PIL image as it is, an ``HxWx3`` float array in ``[0, 1]``
+    (a result restored from a 16-bit file) as a 16-bit RGB PNG."""
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        if hasattr(image, "save"):
+            image.save(tmp, format="PNG")  # (PNG whatever the temporary suffix)
+        else:
+            tmp.write_bytes(encode_png16(image))
     return Path(path)
+
+
+def encode_png16(rgb) -> bytes:
+    """An ``HxWx3`` float array in ``[0, 1]`` as the bytes of a 16-bit RGB PNG (Pillow cannot write 16-bit colour)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or not np.issubdtype(rgb.dtype, np.floating):
+        raise ValueError(f"a 16-bit PNG is written from an HxWx3 float array in [0, 1], not {rgb.dtype} {rgb.shape}")
+    data = np.rint(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(">u2")
+    height, width = data.shape[:2]
+    rows = np.zeros((height, 1 + width * 6), dtype=np.uint8)  # filter byte 0 ("none") + 6 bytes a pixel
+    rows[:, 1:] = data.reshape(height, -1).view(np.uint8)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + chunk(b"IEND", b""))
 
 
 @contextlib.contextmanager

@@ -41,7 +41,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     """THE image-file reader of the project (CLI, app, data builders, datasets, eval, ``--train_images``).
 
     Returns RGB ``[H, W, 3]``: ``uint8`` for 8-bit files, ``float32`` in ``[0, 1]`` for deeper ones (16-bit
-    PNG/TIFF are scaled by 1/65535, never clipped to 255; float images must already be in ``[0, 1]``).
+    PNG/TIFF are scaled by 1/65535, never clipped to 255; float images must already be in ``[0, 1]``), turned
+    the way a viewer shows it (the EXIF orientation of phone photos is applied).
     The size is checked from the header before decoding (``max_pixels``: the decompression-bomb guard).
 
     Raises ``FileNotFoundError`` for a missing file and a one-line ``ValueError`` naming the file for: not an
@@ -59,8 +60,31 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     return _read(path, max_pixels, as_pil=False)
 
 
+# EXIF orientation (tag 0x0112) -> the operation on an HxWxC array that shows the picture the way it was taken.
+_ORIENT_ARRAY = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(image: PIL.Image.Image) -> int:
+    """The EXIF orientation of an opened file (1, upright, when it has none or it cannot be read)."""
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable photo unreadable
+        return 1
+    return orientation if orientation in _ORIENT_ARRAY else 1
+
+
+def _upright(data: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation not in _ORIENT_ARRAY:
+        return data
+    return np.ascontiguousarray(_ORIENT_ARRAY[orientation](data))  # a writable copy (torch.from_numpy downstream)
+
+
 def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
-    """:func:`read_image`; with ``as_pil`` an 8-bit file comes back as the PIL image itself (EXIF kept)."""
+    """:func:`read_image`; with ``as_pil`` an 8-bit file comes back as an RGB PIL image."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -72,16 +96,18 @@ def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
             _check_size(height, width, max_pixels, path)
             if len(image.getbands()) > 4:
                 raise ValueError(f"{path}: {len(image.getbands())} channels; accepted are gray, RGB and RGBA")
+            deep = _is_16bit_png(image)  # (before getexif: for a PNG it may load the pixels, which clears `tile`)
+            # Phone cameras store the sensor's pixels and say in EXIF how to turn them: every viewer turns them,
+            # and so does this reader (diffusers' `load_image` too), so an output is shown as its input was.
+            orientation = exif_orientation(image)
             if image.mode in _DEEP_GREY_MODES:
-                return _deep_grey(image, path)
-            deep = _is_16bit_png(image)
+                return _upright(_deep_grey(image, path), orientation)
             image.load()
-            if as_pil and not deep:
-                return to_rgb(image)
             rgb = np.array(to_rgb(image), dtype=np.uint8)  # a writable copy (torch.from_numpy downstream)
         if deep:  # Pillow reduced a 16-bit colour PNG to 8 bits: read all 16 where OpenCV is installed
-            return _read_16bit_colour(path, rgb)
-        return rgb
+            return _upright(_read_16bit_colour(path, rgb), orientation)
+        rgb = _upright(rgb, orientation)
+        return PIL.Image.fromarray(rgb) if as_pil else rgb
     except PIL.Image.DecompressionBombError as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except PIL.UnidentifiedImageError:
@@ -134,8 +160,7 @@ def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_M
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
     """Open an image file as an 8-bit RGB PIL image, with the checks and errors of :func:`read_image`.
 
-    16-bit files are rounded to 8 bits; use :func:`read_image` for all 16. An 8-bit file's PIL image is returned
-    as opened, so its EXIF orientation is still there for ``ImageOps.exif_transpose``.
+    16-bit files are rounded to 8 bits; use :func:`read_image` for all 16. The EXIF orientation is applied.
     """
     image = _read(path, max_pixels, as_pil=True)
     if isinstance(image, PIL.Image.Image):

@@ -23,6 +23,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from fidediff_pipeline.atomic_io import save_image_atomic  # noqa: E402
+
 
 def _blurry_image(path: Path, size=(64, 48), seed=0) -> Path:
     """A small smooth picture with some structure (stripes and noise), saved as PNG."""
@@ -307,13 +309,11 @@ def test_export_space_interrupted_keeps_the_previous_export_whole(tiny_pipeline_
 # ---------------------------------------------------------------------------------------------------- issue 14
 def _png16(path: Path, size=(40, 32), seed=0) -> np.ndarray:
     """A 16-bit RGB PNG with values between the 8-bit levels; returns its uint16 data."""
-    import app as _  # noqa: F401  (only for write_png16 below: the app module is imported by the fixture)
-
     rng = np.random.default_rng(seed)
     w, h = size
     x = np.linspace(0, 1, w)[None, :, None]
     data = (0.3 + 0.4 * x + 0.02 * np.arange(3) + 0.01 * rng.random((h, w, 3))).clip(0, 1)
-    sys.modules["app"].write_png16(path, data)
+    save_image_atomic(data, path)  # a float array: a 16-bit RGB PNG
     return np.rint(data * 65535).astype(np.uint16)
 
 
@@ -368,7 +368,7 @@ def test_16bit_png_round_trip_keeps_16_bits(client, tmp_path):
     assert len(np.unique(restored)) > 256 or np.any(restored % 257)  # not an 8-bit result stretched to 16
 
 
-def test_write_png16_reads_back_exactly(app_module, tmp_path):
+def test_16_bit_png_writer_reads_back_exactly(tmp_path):
     cv2 = pytest.importorskip("cv2")
     source = _png16(tmp_path / "x.png", size=(13, 9))
     back = cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
@@ -394,6 +394,12 @@ def test_read_upload_first_frame_of_animations_and_16_bit_float(app_module, tmp_
     # The upload-time check: the estimate, and the notes shown with it.
     text = app_module.check_upload(str(tmp_path / "anim.gif"), 1)
     assert "Estimated time" in text and "first frame" in text
+    phone = Image.new("RGB", (40, 24), "white")
+    exif = phone.getexif()
+    exif[0x0112] = 8  # stored sideways: shown 24 wide and 40 high
+    phone.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    image, _ = app_module.read_upload(str(tmp_path / "phone.jpg"))
+    assert image.size == (24, 40)  # upright once (the shared reader turns it; the page does not turn it again)
 
 
 def test_upload_check_reports_unreadable_files_with_a_title(app_module, tmp_path):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,8 @@ import pytest
 from PIL import Image
 
 from app_server import REPO_ROOT, get_app_server
+
+from fidediff_pipeline.atomic_io import save_image_atomic
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -72,27 +72,12 @@ def _screenshot(page, name: str, full_page: bool = True) -> Path:
     return path
 
 
-def _write_png16(target: Path, rgb: np.ndarray) -> None:
-    """A 16-bit RGB PNG from floats in [0, 1] (Pillow cannot write 16-bit colour; importing app.py here would load
-    a second model, so this is the PNG format written out)."""
-    data = np.rint(np.clip(rgb, 0, 1) * 65535).astype(">u2")
-    h, w = data.shape[:2]
-    rows = np.zeros((h, 1 + w * 6), np.uint8)
-    rows[:, 1:] = data.reshape(h, -1).view(np.uint8)
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    target.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                       + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
-
-
 def _png16(path: Path, size=(120, 80)) -> Path:
     """The cat example as a 16-bit RGB PNG, with values between the 8-bit levels."""
     with Image.open(REPO_ROOT / "assets" / "chelsea_linear13_20deg.png") as image:
         rgb = np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS), np.float64) / 255.0
     rgb = (rgb * 0.98 + 0.01 + np.random.default_rng(0).random(rgb.shape) / 300).clip(0, 1)
-    _write_png16(path, rgb)
+    save_image_atomic(rgb, path)  # a float array: written as a 16-bit RGB PNG
     return path
 
 

@@ -139,11 +139,39 @@ def test_unreadable_file_is_a_permission_error_not_corrupt(tmp_path):
         path.chmod(0o644)
 
 
-def test_load_image_keeps_exif_orientation_for_the_app(tmp_path):
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reader_turns_photos_as_pillows_exif_transpose_does(tmp_path, orientation):
+    """Every EXIF orientation (phone photos), checked against Pillow's own ``ImageOps.exif_transpose``: the shared
+    reader, the PIL reader the CLI used, and a file path given to the pipeline's input conversion."""
     import PIL.ImageOps
 
-    image = PIL.Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    from fidediff_pipeline.image_processing import prepare_images, read_image
+
+    stored = (np.random.default_rng(orientation).random((10, 20, 3)) * 255).astype(np.uint8)  # not symmetric
+    image = PIL.Image.fromarray(stored)
     exif = image.getexif()
-    exif[0x0112] = 6  # rotated 90 degrees: a phone photo
-    image.save(tmp_path / "phone.jpg", exif=exif.tobytes())
-    assert PIL.ImageOps.exif_transpose(load_image(tmp_path / "phone.jpg")).size == (10, 20)
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"  # lossless, so the pixels can be compared exactly
+    image.save(path, exif=exif.tobytes())
+    with PIL.Image.open(path) as opened:
+        expected = np.asarray(PIL.ImageOps.exif_transpose(opened).convert("RGB"))
+    assert expected.shape[:2] == ((20, 10) if orientation >= 5 else (10, 20))
+    np.testing.assert_array_equal(read_image(path), expected)
+    np.testing.assert_array_equal(np.asarray(load_image(path)), expected)
+    tensor = prepare_images(str(path))[0]
+    np.testing.assert_allclose(tensor.permute(1, 2, 0).numpy(), expected / 255.0, atol=1e-6)
+
+
+def test_reader_turns_16_bit_grey_and_survives_a_broken_exif_block(tmp_path):
+    from fidediff_pipeline.image_processing import read_image
+
+    stored = np.arange(8 * 12, dtype=np.uint16).reshape(8, 12) * 600
+    image = PIL.Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "deep.png", exif=exif.tobytes())
+    data = read_image(tmp_path / "deep.png")
+    assert data.dtype == np.float32 and data.shape == (12, 8, 3)
+    np.testing.assert_allclose(data[..., 0], np.rot90(stored, -1) / 65535.0, atol=1e-6)
+    PIL.Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00garbage")
+    assert read_image(tmp_path / "odd.jpg").shape == (10, 20, 3)  # read upright, not refused

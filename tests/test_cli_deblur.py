@@ -54,6 +54,24 @@ def test_unavailable_hub_model_is_one_readable_line(image_tree, tmp_path, capsys
     assert code == 2 and "someone/missing-model" in err and "Traceback" not in err
 
 
+def test_16_bit_input_gives_a_16_bit_output_and_phone_photos_stay_upright(tmp_path, tiny_pipeline_folder, capsys):
+    from fidediff_pipeline.atomic_io import save_image_atomic
+
+    ramp = np.linspace(0.2, 0.8, 40 * 32 * 3).reshape(32, 40, 3)  # values between the 8-bit levels
+    save_image_atomic(ramp, tmp_path / "deep.png")
+    phone = PIL.Image.fromarray((np.random.default_rng(1).random((24, 40, 3)) * 255).astype(np.uint8))
+    exif = phone.getexif()
+    exif[0x0112] = 6  # stored sideways; shown 24 wide and 40 high
+    phone.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert _deblur([tmp_path / "deep.png", tmp_path / "phone.jpg"], tmp_path / "out", tiny_pipeline_folder) == 0
+    data = (tmp_path / "out" / "deep.png").read_bytes()
+    assert data[24:26] == bytes([16, 2])  # IHDR: 16 bits per channel, RGB
+    cv2 = pytest.importorskip("cv2")
+    restored = cv2.imread(str(tmp_path / "out" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert restored.shape == (32, 40, 3) and np.any(restored % 257)  # not 8-bit levels stretched to 16
+    assert PIL.Image.open(tmp_path / "out" / "phone.png").size == (24, 40)
+
+
 # ---------------------------------------------------------------------------------------- nothing is lost (issue 13)
 def _deblur(inputs, out, model, *extra):
     return main(["deblur", *map(str, inputs), "-o", str(out), "--model", str(model), "--timestep", "200",

@@ -53,7 +53,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("deblur", help="deblur image files and folders",
-                                   description="Deblur image files and folders (recursively); outputs are PNG. "
+                                   description="Deblur image files and folders (recursively); outputs are PNG (16-bit for "
+                                               "16-bit inputs), turned as the input's EXIF says (phone photos). "
                                                "Under `accelerate launch` with several processes (GPUs), the files are "
                                                "split across them and the main process prints one combined report.")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
@@ -192,17 +193,20 @@ def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, liv
     the pipeline refused (too large, unreadable). With ``live`` each line of the report is printed as its image
     finishes; a distributed run prints the combined report at the end instead (:func:`print_report`).
     """
+    import numpy as np
     from tqdm import tqdm
 
     from ..atomic_io import save_image_atomic
-    from ..image_processing import load_image
+    from ..image_processing import read_image
 
     results = []
     for file, target in tqdm(todo, desc="deblurring", unit="img", disable=len(todo) < 2 or not progress):
         try:
-            image = load_image(file, max_pixels=max_pixels)
+            image = read_image(file, max_pixels=max_pixels)  # uint8, or float32 for a 16-bit file (all 16 bits)
+            deep = image.dtype != np.uint8
+            # a 16-bit file's result stays in float and is written as a 16-bit PNG, not rounded to 8 bits
             result = pipe(image, timestep=args.timestep, upscale_factor=args.upscale_factor, tile_size=args.tile_size,
-                          max_pixels=max_pixels)
+                          max_pixels=max_pixels, output_type="np" if deep else "pil")
         except ValueError as err:
             results.append({"input": str(file), "output": str(target), "error": str(err)})
             if live:
