@@ -70,19 +70,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def save_image_atomic(image, path: str | os.PathLike) -> Path:
+def save_image_atomic(image, path: str | os.PathLike, icc_profile: bytes | None = None) -> Path:
     """Save an image as PNG through a temporary name: a PIL image as it is, an ``HxWx3`` float array in ``[0, 1]``
-    (a result restored from a 16-bit file) as a 16-bit RGB PNG."""
+    (a result restored from a 16-bit file) as a 16-bit RGB PNG; with ``icc_profile`` (the input's colour profile,
+    :func:`~fidediff_pipeline.image_processing.read_icc_profile`) embedded."""
     with atomic_path(path) as tmp:
         if hasattr(image, "save"):
-            image.save(tmp, format="PNG")  # (PNG whatever the temporary suffix)
+            extra = {"icc_profile": icc_profile} if icc_profile else {}
+            image.save(tmp, format="PNG", **extra)  # (PNG whatever the temporary suffix)
         else:
-            tmp.write_bytes(encode_png16(image))
+            tmp.write_bytes(encode_png16(image, icc_profile))
     return Path(path)
 
 
-def encode_png16(rgb) -> bytes:
-    """An ``HxWx3`` float array in ``[0, 1]`` as the bytes of a 16-bit RGB PNG (Pillow cannot write 16-bit colour)."""
+def encode_png16(rgb, icc_profile: bytes | None = None) -> bytes:
+    """An ``HxWx3`` float array in ``[0, 1]`` as the bytes of a 16-bit RGB PNG (Pillow cannot write 16-bit colour),
+    with ``icc_profile`` in an iCCP chunk when given."""
     import struct
     import zlib
 
@@ -100,8 +103,10 @@ def encode_png16(rgb) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    # iCCP: a profile name, a NUL, compression method 0 (zlib), the compressed profile; before the image data
+    profile = chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)) if icc_profile else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + profile
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
 
 
 @contextlib.contextmanager

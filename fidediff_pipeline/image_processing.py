@@ -149,6 +149,20 @@ def _read_16bit_colour(path: str, fallback_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data).astype(np.float32) / 65535.0
 
 
+def read_icc_profile(path: str | os.PathLike) -> bytes | None:
+    """The ICC colour profile embedded in an image file, or None (none, or unreadable: :func:`read_image` says why).
+
+    The model restores a file's own values, whatever colour space they are in (Display P3 from phones, Adobe RGB
+    or ProPhoto from raw converters); the output carries the input's profile so that viewers show it in the same
+    colours, where without it they would take the values for sRGB.
+    """
+    try:
+        with PIL.Image.open(os.fspath(path)) as image:
+            return image.info.get("icc_profile") or None
+    except Exception:  # noqa: BLE001 - reading the pixels reports the problem
+        return None
+
+
 def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`read_image` as ``uint8`` RGB: deep images are rounded to the nearest 8-bit level (not clipped)."""
     image = read_image(path, max_pixels)

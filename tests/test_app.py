@@ -307,13 +307,13 @@ def test_export_space_interrupted_keeps_the_previous_export_whole(tiny_pipeline_
 
 
 # ---------------------------------------------------------------------------------------------------- issue 14
-def _png16(path: Path, size=(40, 32), seed=0) -> np.ndarray:
+def _png16(path: Path, size=(40, 32), seed=0, icc_profile=None) -> np.ndarray:
     """A 16-bit RGB PNG with values between the 8-bit levels; returns its uint16 data."""
     rng = np.random.default_rng(seed)
     w, h = size
     x = np.linspace(0, 1, w)[None, :, None]
     data = (0.3 + 0.4 * x + 0.02 * np.arange(3) + 0.01 * rng.random((h, w, 3))).clip(0, 1)
-    save_image_atomic(data, path)  # a float array: a 16-bit RGB PNG
+    save_image_atomic(data, path, icc_profile=icc_profile)  # a float array: a 16-bit RGB PNG
     return np.rint(data * 65535).astype(np.uint16)
 
 
@@ -356,11 +356,16 @@ def test_out_of_range_t_is_refused_with_its_range(client, tmp_path, t):
     assert "Blur level out of range" in message and "between 0 and 400" in message and f"you entered {t}" in message
 
 
-def test_16bit_png_round_trip_keeps_16_bits(client, tmp_path):
-    source = _png16(tmp_path / "deep.png")
+def test_16bit_png_round_trip_keeps_16_bits_and_the_colour_profile(client, tmp_path):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # not sRGB
+    source = _png16(tmp_path / "deep.png", icc_profile=profile)
     (before, after), _, text, download = _predict(client, tmp_path / "deep.png", upscale_factor=1)
     assert "16-bit PNG" in text
     assert _png_bit_depth(download) == 16 and Path(download).name == "deep_fidediff.png"
+    with Image.open(download) as result:
+        assert result.info.get("icc_profile") == profile
     assert Image.open(after).size == (40, 32)
     cv2 = pytest.importorskip("cv2")
     restored = cv2.imread(download, cv2.IMREAD_UNCHANGED)

@@ -72,6 +72,28 @@ def test_16_bit_input_gives_a_16_bit_output_and_phone_photos_stay_upright(tmp_pa
     assert PIL.Image.open(tmp_path / "out" / "phone.png").size == (24, 40)
 
 
+def test_outputs_keep_the_inputs_colour_profile(tmp_path, tiny_pipeline_folder):
+    """A Display P3 / Adobe RGB photo's values are restored as they are: the output must say which colour space
+    they are in, or viewers take them for sRGB (8-bit PNG through Pillow, 16-bit PNG through our own writer)."""
+    from PIL import ImageCms
+
+    from fidediff_pipeline.atomic_io import save_image_atomic
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any profile that is not sRGB
+    picture = (np.random.default_rng(2).random((24, 32, 3)) * 255).astype(np.uint8)
+    PIL.Image.fromarray(picture).save(tmp_path / "wide.jpg", icc_profile=profile)
+    save_image_atomic(picture / 255.0 * 0.9 + 0.05, tmp_path / "deep.png", icc_profile=profile)
+    PIL.Image.fromarray(picture).save(tmp_path / "plain.png")
+    assert _deblur([tmp_path / "wide.jpg", tmp_path / "deep.png", tmp_path / "plain.png"], tmp_path / "out",
+                   tiny_pipeline_folder) == 0
+    for name in ("wide", "deep"):
+        with PIL.Image.open(tmp_path / "out" / f"{name}.png") as output:
+            assert output.info.get("icc_profile") == profile, name
+            assert output.size == (32, 24)
+    with PIL.Image.open(tmp_path / "out" / "plain.png") as output:
+        assert "icc_profile" not in output.info
+
+
 # ---------------------------------------------------------------------------------------- nothing is lost (issue 13)
 def _deblur(inputs, out, model, *extra):
     return main(["deblur", *map(str, inputs), "-o", str(out), "--model", str(model), "--timestep", "200",

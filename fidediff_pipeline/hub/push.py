@@ -245,13 +245,13 @@ def usage_snippet(repo_id: str, image_path: str = "blurry.png") -> str:
     """The Python usage example of the card (tested by running it against a local folder)."""
     return f'''import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
+from diffusers.utils import load_image
 
 # trust_remote_code: the pipeline's code ships with the weights (no extra package needed).
 pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)
 pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 
-blurry = Image.open("{image_path}").convert("RGB")
+blurry = load_image("{image_path}")  # RGB, turned as its EXIF says (phone photos)
 out = pipe(blurry, timestep="auto", upscale_factor=2, return_kernels=False)
 out.images[0].save("sharp.png")
 print("blur level t =", out.timesteps[0], f"(about {{out.timesteps[0] / 20 + 1:.0f}} averaged frames)")'''

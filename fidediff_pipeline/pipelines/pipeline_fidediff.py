@@ -54,11 +54,11 @@ _COMPONENT_CLASSES = {"prompt_embedding": FideDiffPromptEmbedding, "kernel_contr
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
+        >>> from diffusers.utils import load_image
         >>> from fidediff_pipeline import FideDiffPipeline, DEFAULT_MODEL
-        >>> from PIL import Image
 
         >>> pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)  # or a Hub id / folder
-        >>> blurry = Image.open("blurry.png")
+        >>> blurry = load_image("blurry.png")  # RGB, turned as its EXIF says (phone photos)
         >>> out = pipe(blurry, timestep="auto", upscale_factor=2)
         >>> out.images[0].save("sharp.png")
         >>> out.timesteps  # the blur level used, predicted by the Kernel ControlNet
