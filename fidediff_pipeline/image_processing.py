@@ -298,9 +298,10 @@ def prepare_images(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> l
             tensors.append(_numpy_to_tensor(read_image(item, max_pixels), os.fspath(item)))  # 16-bit: all of it
             continue
         if isinstance(item, PIL.Image.Image):
-            if item.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                raise ValueError(f"{what} is a 16-bit or float PIL image (mode {item.mode}); convert it to 8-bit RGB")
             _check_size(item.height, item.width, max_pixels, what)
+            if item.mode in _DEEP_GREY_MODES:  # 16-bit grey (as `Image.open` gives a 16-bit PNG) or float grey
+                tensors.append(_numpy_to_tensor(_deep_grey(item, what), what))
+                continue
             if len(item.getbands()) > 4:
                 raise ValueError(f"{what} has {len(item.getbands())} channels; accepted are gray, RGB and RGBA")
             tensors.append(_numpy_to_tensor(np.asarray(to_rgb(item)), what))

@@ -175,3 +175,22 @@ def test_reader_turns_16_bit_grey_and_survives_a_broken_exif_block(tmp_path):
     np.testing.assert_allclose(data[..., 0], np.rot90(stored, -1) / 65535.0, atol=1e-6)
     PIL.Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00garbage")
     assert read_image(tmp_path / "odd.jpg").shape == (10, 20, 3)  # read upright, not refused
+
+
+def test_deep_pil_images_are_taken_as_their_files_are(tmp_path):
+    """A 16-bit grey PIL image (what ``Image.open`` gives for a 16-bit grey PNG) is read at all 16 bits, as the file
+    path is; 32-bit integer and out-of-range float images are refused with the reason."""
+    from fidediff_pipeline.image_processing import prepare_images
+
+    values = (np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 331)
+    PIL.Image.fromarray(values).save(tmp_path / "grey16.png")
+    with PIL.Image.open(tmp_path / "grey16.png") as opened:
+        from_pil = prepare_images(opened)[0]
+    from_path = prepare_images(str(tmp_path / "grey16.png"))[0]
+    assert from_pil.shape == (3, 12, 16)
+    np.testing.assert_allclose(from_pil.numpy(), from_path.numpy(), atol=0)
+    np.testing.assert_allclose(from_pil[0].numpy(), values / 65535.0, atol=1e-6)
+    with pytest.raises(ValueError, match="32-bit integer images are not supported"):
+        prepare_images(PIL.Image.fromarray(np.zeros((12, 16), np.int32)))
+    with pytest.raises(ValueError, match=r"finite values in \[0, 1\]"):
+        prepare_images(PIL.Image.fromarray(np.full((12, 16), 3.0, np.float32)))
