@@ -103,6 +103,8 @@ def test_evaluate_writes_figures_equal_to_direct_computation(tmp_path):
             "ssim_matlab3d": ssim_matlab3d(restored, sharp),
             "ssim_skimage": ssim_skimage(restored, sharp),
             "lpips": fake_lpips(restored, sharp),
+            "input_psnr": psnr(blurry, sharp),  # what the restorer gained is measured against this
+            "input_ssim_matlab3d": ssim_matlab3d(blurry, sharp),
         }
 
     rows = _read_csv(out / "per_image.csv")
@@ -124,9 +126,37 @@ def test_evaluate_writes_figures_equal_to_direct_computation(tmp_path):
     assert "3-D volume" in saved["metric_variants"]["SSIM"]
     assert saved == json.loads(json.dumps(summary))
 
+    input_psnr = np.mean([d["input_psnr"] for d in direct.values()])
+    assert saved["blurry_input"]["num_images"] == 3
+    assert saved["blurry_input"]["input"]["PSNR"] == pytest.approx(input_psnr, abs=1e-10)
+    assert saved["blurry_input"]["restored"]["PSNR"] == pytest.approx(means["psnr"], abs=1e-10)
+
     markdown = (out / "summary.md").read_text()
     assert f"{means['psnr']:.2f}" in markdown and f"{means['ssim_matlab3d']:.4f}" in markdown
     assert "DISTS: no weights here" in markdown
+    assert f"| blurry input (3 images) | {input_psnr:.2f} |" in markdown
+    assert f"Gain over the blurry input (same 3 images): PSNR {means['psnr'] - input_psnr:+.2f} dB" in markdown
+
+
+def test_resuming_a_folder_of_an_older_version_keeps_its_rows_aligned(tmp_path):
+    """A per_image.csv written before the blurry-input columns existed: its rows are kept (not restored again),
+    new rows line up with the new header, and the input figures cover only the rows that have them."""
+    pairs = load_eval_set("paired", make_paired(tmp_path / "set"))
+    out = tmp_path / "out"
+    evaluate(FakeRestorer(), pairs[:2], out, dataset="paired", progress=False)
+    old_columns = [c for c in evaluation.csv_columns("standard") if not c.startswith("input_")]
+    rows = _read_csv(out / "per_image.csv")
+    with (out / "per_image.csv").open("w", newline="") as handle:  # as the older version wrote it
+        writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    restorer = FakeRestorer()
+    summary = evaluate(restorer, pairs, out, dataset="paired", progress=False)
+    assert restorer.images_restored == 1
+    rows = _read_csv(out / "per_image.csv")
+    assert [r["input_psnr"] != "" for r in rows] == [False, False, True]
+    assert all(float(r["psnr"]) > 20 and r["timestep"] == "137" for r in rows)  # no cell shifted into another
+    assert summary["blurry_input"]["num_images"] == 1
 
 
 def test_evaluate_resumes_without_restoring_finished_images(tmp_path):

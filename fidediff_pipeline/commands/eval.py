@@ -7,7 +7,8 @@ Examples::
     fidediff eval --model ./fidediff --dataset gopro --root /data/GOPRO_Large --output eval/fig7 \\
         --sweep-timesteps 80 120 160 200 240 280
 
-Writes ``per_image.csv``, ``summary.json``, ``summary.md`` and ``paper_comparison.md`` (or, with
+Writes ``per_image.csv`` (each image's metrics, and the blurry input's PSNR/SSIM against the same ground truth),
+``summary.json``, ``summary.md`` (means, the blurry input's, the gain) and ``paper_comparison.md`` (or, with
 ``--sweep-timesteps``, one such folder per timestep plus ``sweep.json``, ``sweep.md`` and ``sweep.png``).
 A second run with the same ``--output`` resumes: images already measured are not restored again.
 Under ``accelerate launch`` with several processes (GPUs), the images are split across the processes and the

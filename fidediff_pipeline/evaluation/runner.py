@@ -85,6 +85,9 @@ PIXEL_COLUMNS = {
     "realblur": ["psnr_realblur", "ssim_realblur", "ecc_converged", "psnr", "ssim_matlab3d", "ssim_skimage"],
 }
 PERCEPTUAL_COLUMNS = ["lpips", "dists"]
+# The blurry input against the same ground truth (PSNR and SSIM of the protocol): what the model gained.
+INPUT_COLUMNS = {protocol: [f"input_{columns['PSNR']}", f"input_{columns['SSIM']}"]
+                 for protocol, columns in HEADLINE_COLUMNS.items()}
 
 CSV_NAME = "per_image.csv"
 SUMMARY_JSON = "summary.json"
@@ -148,7 +151,27 @@ def load_pipeline(model: str | None = None, device: str | None = "auto", dtype: 
 
 def csv_columns(protocol: str) -> list[str]:
     """Column order of ``per_image.csv`` for ``protocol`` (``"standard"`` or ``"realblur"``)."""
-    return ["name", "timestep", "timestep_source"] + PIXEL_COLUMNS[protocol] + PERCEPTUAL_COLUMNS + ["seconds"]
+    return (["name", "timestep", "timestep_source"] + PIXEL_COLUMNS[protocol] + PERCEPTUAL_COLUMNS + ["seconds"]
+            + INPUT_COLUMNS[protocol])
+
+
+def input_metrics(blurry: np.ndarray, sharp: np.ndarray, protocol: str) -> dict[str, float]:
+    """PSNR and SSIM of the blurry input against its ground truth, under the protocol's definitions
+    (:data:`INPUT_COLUMNS`).
+
+    Example:
+        >>> a = np.zeros((16, 16, 3), np.uint8)
+        >>> sorted(input_metrics(a, a + 1, "standard"))
+        ['input_psnr', 'input_ssim_matlab3d']
+    """
+    if protocol == "realblur":
+        from .realblur import realblur_psnr_ssim
+
+        score = realblur_psnr_ssim(blurry, sharp)
+        values = {"psnr_realblur": score.psnr, "ssim_realblur": score.ssim}
+    else:
+        values = {"psnr": psnr(blurry, sharp), "ssim_matlab3d": ssim_matlab3d(blurry, sharp)}
+    return {f"input_{name}": value for name, value in values.items()}
 
 
 def load_rgb(path) -> np.ndarray:
@@ -261,9 +284,21 @@ def read_saved_rows(output_dir) -> dict[str, dict[str, str]]:
     return rows
 
 
+def _header_matches(path: Path, columns: list[str]) -> None:
+    """Rewrite an existing CSV whose header is not ``columns`` (a run of an older version, resumed) with its
+    finished rows under ``columns``, so that rows appended now line up with the header."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if header != columns:
+        _write_rows(path, columns, read_rows(path).values())
+
+
 def _open_shard(path: Path, columns: list[str]):
     """Open a process's shard for appending, with a header when new; a row cut short by a kill stays on its own
     (unfinished) line instead of swallowing the next one."""
+    _header_matches(path, columns)
     fresh = not path.is_file() or path.stat().st_size == 0
     handle = path.open("a", newline="")
     if fresh:
@@ -407,6 +442,7 @@ def evaluate(
                    disable=not progress)
         if not csv_path.is_file():
             _write_rows(csv_path, columns, [])
+        _header_matches(csv_path, columns)
         try:
             with csv_path.open("a", newline="") as handle:
                 rows.update(_measure_pairs(todo, handle, columns, bar, **measure))
@@ -456,7 +492,7 @@ def _measure_pairs(todo: Sequence[EvalPair], handle, columns: list[str], bar, *,
         began = time.perf_counter()
         restored, timesteps, sources = restore_batch(restorer, blurry, timestep, upscale_factor, **(pipeline_kwargs or {}))
         seconds = (time.perf_counter() - began) / len(batch)
-        for pair, image, used_t, source in zip(batch, restored, timesteps, sources):
+        for pair, blurry_image, image, used_t, source in zip(batch, blurry, restored, timesteps, sources):
             sharp = load_rgb(pair.sharp)
             if image.shape != sharp.shape:
                 raise ValueError(
@@ -465,6 +501,7 @@ def _measure_pairs(todo: Sequence[EvalPair], handle, columns: list[str], bar, *,
                 )
             row = {"name": pair.name, "timestep": used_t, "timestep_source": source, "seconds": seconds}
             row.update(image_metrics(image, sharp, protocol, perceptual))
+            row.update(input_metrics(blurry_image, sharp, protocol))
             row = {k: _format_cell(v) for k, v in row.items()}
             if save_images:  # image complete under its name before its row says it is done
                 _save_png(image, restored_image_path(output_dir, pair.name))
@@ -530,6 +567,16 @@ def summarize(
     columns = PIXEL_COLUMNS[protocol] + PERCEPTUAL_COLUMNS + ["seconds"]
     means = {c: _mean(rows, c) for c in columns}
     headline = {m: means.get(col) for m, col in HEADLINE_COLUMNS[protocol].items()}
+    # The blurry input's figures, over the rows that have them all (a resumed run of an older version may not)
+    # and the model's on the same rows: the gain is measured on one set of images.
+    input_rows = [r for r in rows if all(r.get(c, "") != "" for c in INPUT_COLUMNS[protocol])]
+    input_figures = None
+    if input_rows:
+        input_figures = {"num_images": len(input_rows), "input": {}, "restored": {}}
+        for metric in ("PSNR", "SSIM"):
+            column = HEADLINE_COLUMNS[protocol][metric]
+            input_figures["input"][metric] = _mean(input_rows, f"input_{column}")
+            input_figures["restored"][metric] = _mean(input_rows, column)
 
     variants = {
         "PSNR": PSNR_DESCRIPTION if protocol == "standard" else "psnr_realblur: ECC-aligned, masked PSNR",
@@ -559,6 +606,7 @@ def summarize(
         "complete_test_set": full is not None and len(rows) == full,
         "limit": limit,
         "metrics": headline,
+        "blurry_input": input_figures,
         "headline_columns": HEADLINE_COLUMNS[protocol],
         "metric_variants": variants,
         "means": means,
@@ -620,12 +668,23 @@ def summary_markdown(summary: Mapping) -> str:
         + " | ".join(format_metric(m, summary["metrics"].get(m)) or "n/a" for m in HEADLINE_METRICS)
         + " |",
     ]
+    blurry = summary.get("blurry_input")
+    if blurry:
+        lines.append(f"| blurry input ({blurry['num_images']} images) | "
+                     + " | ".join(format_metric(m, blurry["input"].get(m)) or "n/a" for m in HEADLINE_METRICS) + " |")
     if paper:
         lines.append("| FideDiff, paper Table 2 | " + " | ".join(format_metric(m, paper[m]) for m in HEADLINE_METRICS) + " |")
     ts = summary["timesteps"]
     requested = ts["requested"]
+    lines.append("")
+    if blurry:
+        gain = {m: blurry["restored"][m] - blurry["input"][m] for m in ("PSNR", "SSIM")
+                if blurry["restored"].get(m) is not None and blurry["input"].get(m) is not None}
+        if gain:
+            lines.append(f"- Gain over the blurry input (same {blurry['num_images']} images): "
+                         + ", ".join(f"{m} {v:+.2f} dB" if m == "PSNR" else f"{m} {v:+.4f}" for m, v in gain.items())
+                         + ".")
     lines += [
-        "",
         f"- Images: {_subset_note(summary)}.",
         f"- Timestep: {requested}"
         + (" (the paper's default for this set)" if requested == ts["default_for_dataset"] else "")
