@@ -3,7 +3,8 @@
 `push_pipeline_to_hub` uploads a pipeline folder made by `FideDiffPipeline.save_pretrained` (weights as safetensors)
 plus the pipeline's code files (`fidediff_pipeline.hub.remote_code`, written for the upload: a saved folder holds
 weights and configs only), so ``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without
-this package, with a generated model card. `write_model_card` writes the same card into a folder without uploading.
+this package, with a generated model card (or the folder's own README.md, never replaced). `write_model_card`
+writes the same card into a folder without uploading.
 Evaluation results come from ``fidediff eval``'s ``summary.json`` files (`read_eval_summary` also reads older or
 hand-written variants of that format).
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..atomic_io import is_temporary
+from ..atomic_io import atomic_path, is_temporary
 from ..evaluation.runner import DATASET_LABELS, FULL_TEST_SIZES, HEADLINE_METRICS, LOWER_IS_BETTER, format_metric
 from ..presets import SD21_BASE_REPO, sd21_base_unet_config
 from .remote_code import remote_code_files
@@ -403,14 +404,32 @@ authors' code.
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, eval_results=None, **card_kwargs) -> Path:
     """Write ``README.md`` (the model card) into a saved pipeline folder; returns its path. No network.
 
-    ``repo_id`` defaults to the folder's name; see `build_model_card` for the other arguments.
+    A README.md already there is the folder's own card (written by hand, or generated and then edited): it is
+    never replaced, and :class:`HubError` says so. ``repo_id`` defaults to the folder's name; see
+    `build_model_card` for the other arguments.
     """
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} has no model_index.json; pass a folder made by FideDiffPipeline.save_pretrained")
-    card = build_model_card(folder, repo_id or folder.resolve().name, eval_results, **card_kwargs)
     path = folder / "README.md"
-    card.save(path)
+    if path.exists():
+        raise HubError(f"{path} exists and is kept (it is the card a push uploads); move it away to write a new one")
+    card = build_model_card(folder, repo_id or folder.resolve().name, eval_results, **card_kwargs)
+    with atomic_path(path) as tmp:
+        card.save(tmp)
+    return path
+
+
+def own_model_card(folder: str | os.PathLike, eval_results=None) -> Path | None:
+    """The folder's own README.md, which a push uploads as the card as it is (as diffusers keeps an existing
+    card), or None when it has none (a card is generated). With ``eval_results`` and a card of its own,
+    :class:`HubError`: the results would silently not appear on the Hub."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return None
+    if eval_results:
+        raise HubError(f"{path} is this folder's model card and is uploaded as it is, so the evaluation results "
+                       "would not appear in it: add them to it, or move it away to upload a generated card with them")
     return path
 
 
@@ -512,7 +531,7 @@ def push_pipeline_to_hub(
 
     Args:
         pipe_or_folder: a `FideDiffPipeline` (saved to a temporary folder first) or a folder made by its
-            ``save_pretrained`` (uploaded as is, plus README.md).
+            ``save_pretrained`` (uploaded as is; its own README.md is the card, else one is generated).
         repo_id: ``"owner/name"`` (or ``"name"`` under your account).
         eval_results: ``fidediff eval`` summaries for the card's evaluation table (paths or dicts).
 
@@ -523,10 +542,12 @@ def push_pipeline_to_hub(
     token = check_hub_access(token)
     check_repo_id(repo_id)
     summaries = _read_all(eval_results)  # a bad JSON fails here, before the upload
+    own_card = None
     if isinstance(pipe_or_folder, (str, os.PathLike)):
         folder = Path(pipe_or_folder)
         if not (folder / "model_index.json").is_file():
             raise ValueError(f"{folder} has no model_index.json; pass a folder made by FideDiffPipeline.save_pretrained")
+        own_card = own_model_card(folder, summaries)
 
     from huggingface_hub import HfApi
 
@@ -535,7 +556,8 @@ def push_pipeline_to_hub(
     try:
         if isinstance(pipe_or_folder, (str, os.PathLike)):
             folder = Path(pipe_or_folder)
-            card = build_model_card(folder, repo_id, summaries, license=license, base_model=base_model)
+            card = None if own_card else build_model_card(folder, repo_id, summaries, license=license,
+                                                          base_model=base_model)
         else:
             staging = Path(tempfile.mkdtemp(prefix="fidediff-push-"))
             pipe_or_folder.save_pretrained(staging)
@@ -545,9 +567,10 @@ def push_pipeline_to_hub(
             repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         full_id = repo_url.repo_id
         with tempfile.TemporaryDirectory(prefix="fidediff-card-") as card_dir:
-            card_path = Path(card_dir) / "README.md"
-            card.save(card_path)
-            # The card goes in the same commit as the weights; a README.md already in the folder is replaced.
+            card_path = own_card or Path(card_dir) / "README.md"
+            if card is not None:
+                card.save(card_path)
+            # The card goes in the same commit as the weights: the folder's own README.md, else the generated one.
             from huggingface_hub import CommitOperationAdd
 
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card_path))]
