@@ -731,7 +731,13 @@ def test_train_images_skip_unreadable_files_and_read_16_bit_without_clipping(tmp
     assert len(images) == 1 and images[0].dtype == np.uint8
     assert int(images[0].max()) == round(30000 / 65535 * 255)  # was clipped to 255
     assert "junk.png: not an image file" in caplog.text and "1 of 2 --train_images files skipped" in caplog.text
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(folder / "small.png")
+    with pytest.raises(SystemExit, match=r"1 of the 2 --train_images are smaller than --resolution 32 on their short "
+                                         r"side: .*small\.png \(50x30\); use a smaller --resolution"):
+        common.load_train_images(folder, min_side=32)
+    assert len(common.load_train_images(folder, min_side=30)) == 2
     (folder / "deep.png").unlink()
+    (folder / "small.png").unlink()
     with pytest.raises(SystemExit, match="none of the 1 --train_images files could be read"):
         common.load_train_images(folder)
 

@@ -377,17 +377,19 @@ class StepBatchSampler(Sampler):
         return 2**62
 
 
-def load_train_images(folder) -> list[np.ndarray]:
+def load_train_images(folder, min_side: int | None = None) -> list[np.ndarray]:
     """The photos of ``--train_images`` with the project's one reader (16-bit rounded, never clipped; pixel
-    limit); an unreadable file is skipped with a warning and counted, not fatal."""
+    limit); an unreadable file is skipped with a warning and counted, not fatal. Photos whose short side is under
+    ``min_side`` (the crop, ``--resolution``) stop the run with their names."""
     from fidediff_pipeline.data.image_io import load_rgb_uint8
     from fidediff_pipeline.data.trajectories import list_images
 
     paths = list_images(folder)
-    images, bad = [], []
+    images, read, bad = [], [], []
     for path in paths:
         try:
             images.append(load_rgb_uint8(path))
+            read.append(path)
         except ValueError as err:
             bad.append(str(err))
             logger.warning("skipped a --train_images file: %s", err)
@@ -396,6 +398,12 @@ def load_train_images(folder) -> list[np.ndarray]:
     if bad:
         logger.warning("%d of %d --train_images files skipped (unreadable); training on %d", len(bad), len(paths),
                        len(images))
+    small = [f"{path} ({image.shape[1]}x{image.shape[0]})" for path, image in zip(read, images)
+             if min_side is not None and min(image.shape[:2]) < min_side]
+    if small:
+        raise SystemExit(f"error: {len(small)} of the {len(images)} --train_images are smaller than --resolution "
+                         f"{min_side} on their short side: {', '.join(small[:5])}{' ...' if len(small) > 5 else ''}; "
+                         "use a smaller --resolution, or move them out of the folder")
     return images
 
 
@@ -408,10 +416,7 @@ def build_train_dataset(args, groups_per_batch_levels: int, kernel_size: int | N
             args.train_manifest, crop_size=args.resolution, levels_per_group=groups_per_batch_levels,
             seed=args.seed, flip=True, with_kernels=with_kernels,
         )  # fmt: skip
-    images = load_train_images(args.train_images)
-    small = [img.shape for img in images if min(img.shape[:2]) < args.resolution]
-    if small:
-        raise SystemExit(f"error: some --train_images are smaller than --resolution {args.resolution}: {small}")
+    images = load_train_images(args.train_images, min_side=args.resolution)
     speed = {"speed_range": tuple(args.synth_speed_range)} if args.synth_speed_range else {}
     config = TrajectoryConfig.preset(args.synth_shake, **speed)
     m = args.synth_kernel_size or kernel_size or 31
