@@ -154,6 +154,15 @@ def test_output_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys):
     assert code == 2 and "is a file" in err and "missing-model" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["demo", "-o"], ["export-space", "--out"]])
+def test_demo_and_export_output_that_is_a_file_is_one_line(tmp_path, capsys, command):
+    (tmp_path / "out").write_text("not a folder")
+    code = main([*command, str(tmp_path / "out"), "--model", "someone/missing-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and "must be a folder" in err and "Errno" not in err
+    assert (tmp_path / "out").read_text() == "not a folder"
+
+
 def test_skip_existing_keeps_finished_outputs_and_redoes_truncated_ones(tmp_path, tiny_pipeline_folder, capsys):
     root = tmp_path / "in"
     _png(root / "a.png"), _png(root / "b.png", seed=1)

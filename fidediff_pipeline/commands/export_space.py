@@ -115,13 +115,13 @@ def export_space(out: str | Path, model: str | None = None, force: bool = False)
         hub_model = model
     else:
         raise ValueError(f"{model}: no such model folder, and not a Hub repo id ('owner/name')")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; --out must be a folder (created if missing)")
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} is not empty; choose a new folder or pass --force to write into it")
     resolved = out.resolve()
     if resolved in (SOURCE_ROOT, *SOURCE_ROOT.parents) or any(resolved.is_relative_to(SOURCE_ROOT / d) for d in ("fidediff_pipeline", "assets")):
         raise ValueError(f"{out} would overwrite or contain the sources it copies; choose a folder outside {SOURCE_ROOT}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; --out must be a folder (created if missing)")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # Everything is written into a sibling staging folder, then each entry is renamed into place: a crash
