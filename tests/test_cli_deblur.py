@@ -154,10 +154,17 @@ def test_output_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys):
     assert code == 2 and "is a file" in err and "missing-model" not in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", [["demo", "-o"], ["export-space", "--out"]])
-def test_demo_and_export_output_that_is_a_file_is_one_line(tmp_path, capsys, command):
+@pytest.mark.parametrize("command", [
+    ["demo", "--model", "someone/missing-model", "-o"],
+    ["export-space", "--model", "someone/missing-model", "--out"],
+    ["eval", "--dataset", "paired", "--root", "{set}", "--model", "someone/missing-model", "--output"],
+    ["data", "synth", "--images", "{set}/sharp", "--out"],
+])
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, command):
+    for side in ("blurry", "sharp"):
+        _png(tmp_path / "set" / side / "a.png")
     (tmp_path / "out").write_text("not a folder")
-    code = main([*command, str(tmp_path / "out"), "--model", "someone/missing-model"])
+    code = main([arg.format(set=tmp_path / "set") for arg in command] + [str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "is a file" in err and "must be a folder" in err and "Errno" not in err
     assert (tmp_path / "out").read_text() == "not a folder"

@@ -19,6 +19,8 @@ import argparse
 from fidediff_pipeline.data.camera_response import CRF_CHOICES, DEFAULT_CRF
 from fidediff_pipeline.data.gopro import GOPRO_DEFAULT_FRAMES, GOPRO_DEFAULT_STRIDE
 
+from . import prepare_output_dir
+
 
 def _add_common(parser: argparse.ArgumentParser, default_frames) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; an existing one is resumed)")
@@ -39,6 +41,7 @@ def _add_common(parser: argparse.ArgumentParser, default_frames) -> None:
 
 
 def run_gopro(args: argparse.Namespace) -> int:
+    prepare_output_dir(args.out, "--out")
     from fidediff_pipeline.data.gopro import build_gopro_trajectory_set
 
     report = build_gopro_trajectory_set(
@@ -58,6 +61,7 @@ def run_gopro(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    prepare_output_dir(args.out, "--out")
     from fidediff_pipeline.data.trajectories import TrajectoryConfig, synthesize_trajectory_set
 
     config = TrajectoryConfig.preset(args.shake, speed_range=tuple(args.speed_range),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from . import prepare_output_dir
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -157,18 +158,6 @@ def is_finished_output(path: Path) -> bool:
         return False
 
 
-def prepare_output_dir(output_dir: Path) -> None:
-    """Create ``-o`` now, so that a file in its place or a read-only parent fails before the model loads."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"-o {output_dir} is a file; it must be a folder (created if missing)")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"-o {output_dir}: cannot create the output folder ({err.strerror or err})") from None
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"-o {output_dir}: the output folder is not writable")
-
-
 def plan_work(args) -> tuple[Path, list[tuple[Path, Path]], list[tuple[Path, Path]]]:
     """``(output folder, every (input, output) pair, the pairs still to do)``, decided before any work.
 
@@ -275,7 +264,7 @@ def run(args) -> int:
         if is_main:
             print(f"nothing to do: all {len(planned)} output(s) exist in {output_dir}")
         return 0
-    prepare_output_dir(output_dir)
+    prepare_output_dir(output_dir, "-o")
     if state is None:
         pipe = load_pipeline(args.model, args.device, args.dtype)
         pipe.set_progress_bar_config(disable=True)

@@ -40,10 +40,10 @@ def run(args) -> int:
     from ..data import blur_image_along_trajectory
     from ..image_processing import load_image
     from ..hub.loading import load_pipeline
-    from .deblur import prepare_output_dir
+    from . import prepare_output_dir
 
     out_dir = Path(args.output)
-    prepare_output_dir(out_dir)  # a file in its place or a read-only parent: one line, before the model loads
+    prepare_output_dir(out_dir, "-o")  # a file in its place or a read-only parent: one line, before the model loads
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     report: dict = {"model": str(pipe.config.get("_name_or_path", args.model)), "synthetic": {}}

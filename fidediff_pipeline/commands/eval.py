@@ -31,6 +31,7 @@ from pathlib import Path
 from ..evaluation import runner
 from ..atomic_io import write_text_atomic
 from ..evaluation.eval_sets import DATASETS, load_eval_set
+from . import prepare_output_dir
 from .deblur import add_model_arguments
 
 
@@ -92,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
     # None for a plain run; under `accelerate launch` with several processes, accelerate's PartialState.
     state = process_state()
     is_main = state is None or state.is_main_process
-    # Cheap checks first: a wrong root fails before any model or metric network is loaded.
+    # Cheap checks first: a wrong root or output fails before any model or metric network is loaded.
     pairs = load_eval_set(args.dataset, args.root)
+    if is_main:
+        prepare_output_dir(args.output, "--output")
     device = str(resolve_device(args.device) if state is None else process_device(state, args.device))
     with _main_process_first(state):
         perceptual, unavailable = build_perceptual_metrics(
