@@ -182,3 +182,21 @@ def test_the_tiled_path_runs_the_kernel_estimator_once_per_tile_and_again_only_b
     # Same crops, same kernels: keeping them changes nothing.
     assert np.array_equal(once.images[0], twice.images[0]) and once.timesteps == twice.timesteps
     assert np.allclose(once.kernels[0], twice.kernels[0])
+
+
+def test_diffusers_vae_tiling_switch_is_honoured_without_its_tiny_vae_code():
+    """`pipe.vae.enable_tiling()`, diffusers' documented switch: its AutoencoderTiny tiling assumes TAESD's 4 latent
+    channels and factor 8 and crashed on the tiny model's 12 channels and factor 2. The pipeline now tiles that VAE
+    with its own windows (the same result as one pass) and leaves the user's setting as it was."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((300, 340, 3)) * 255).astype(np.uint8)  # 150 x 170 latents: above the 128-latent window
+    pipe = FideDiffPipeline.from_pretrained(DEFAULT_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(image, timestep=200, output_type="np").images[0]
+    pipe.vae.enable_tiling()
+    assert pipe._tiny_vae_windows((150, 170), False, 64) == (128, 32)  # the user's switch asks for windows
+    tiled = pipe(image, timestep=200, output_type="np").images[0]
+    assert pipe.vae.use_tiling  # still the user's setting after the call
+    assert np.abs(tiled - plain).max() < 1e-3
+    pipe.vae.disable_tiling()
+    assert pipe._tiny_vae_windows((150, 170), False, 64) is None

@@ -862,12 +862,14 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return eps_sum / weight_sum, full_kernels
 
     class _TilingSwitch:
-        def __init__(self, vae, enabled: bool):
-            self.vae, self.enabled, self.previous = vae, enabled, getattr(vae, "use_tiling", False)
+        """Set ``vae.use_tiling`` to ``state`` for one pass (None: leave the user's setting), then restore it."""
+
+        def __init__(self, vae, state: bool | None):
+            self.vae, self.state, self.previous = vae, state, getattr(vae, "use_tiling", False)
 
         def __enter__(self):
-            if self.enabled:
-                self.vae.use_tiling = True
+            if self.state is not None:
+                self.vae.use_tiling = self.state
 
         def __exit__(self, *exc):
             self.vae.use_tiling = self.previous
@@ -883,6 +885,7 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """
         if not isinstance(self.vae, AutoencoderTiny):
             return None
+        use_tiling = use_tiling or getattr(self.vae, "use_tiling", False)  # also after `pipe.vae.enable_tiling()`
         size = max(2 * tile, 128) if use_tiling else None
         if self.vae.device.type == "cpu":
             size = min(size or TINY_VAE_CPU_WINDOW, TINY_VAE_CPU_WINDOW)
@@ -916,10 +919,13 @@ class FideDiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Turn on diffusers' own VAE tiling for large images, restoring the user's setting afterwards.
 
         Not for an AutoencoderTiny: diffusers' tiled encode there assumes 4 latent channels and a factor of
-        2**out_channels (TAESD's own shape); `_vae_encode` / `_vae_decode` tile it with `tiling.tiled_map` instead
-        (at 2048 x 2048 px its full-resolution activations were the pipeline's peak memory).
+        2**out_channels (TAESD's own shape), and failed on the tiny model's after `pipe.vae.enable_tiling()`;
+        `_vae_encode` / `_vae_decode` tile it with `tiling.tiled_map` instead (at 2048 x 2048 px its
+        full-resolution activations were the pipeline's peak memory), and its own tiling stays off for the pass.
         """
-        return self._TilingSwitch(self.vae, enabled and not isinstance(self.vae, AutoencoderTiny))
+        if isinstance(self.vae, AutoencoderTiny):
+            return self._TilingSwitch(self.vae, False)
+        return self._TilingSwitch(self.vae, True if enabled else None)
 
 
 def same_size_batches(sizes: list[tuple[int, int]], batch_size: int | None = None) -> list[list[int]]:
