@@ -237,3 +237,16 @@ def test_out_of_range_flags_are_refused_before_any_work(tmp_path, capsys, flag, 
     err = capsys.readouterr().err
     assert flag in err and ("must be at least" in err or "expected an integer" in err)
     assert not (tmp_path / "out").exists()
+
+
+def test_photos_in_formats_not_read_are_named_not_left_out_in_silence(tmp_path, tiny_pipeline_folder, capsys):
+    _png(tmp_path / "photos" / "a.png")
+    (tmp_path / "photos" / "IMG_0001.HEIC").write_bytes(b"an iPhone photo")
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo: not worth a note")
+    assert _deblur([tmp_path / "photos"], tmp_path / "out", tiny_pipeline_folder) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 file(s) in formats not read here (.heic)" in err and "IMG_0001.HEIC" in err
+    assert "notes.txt" not in err
+    (tmp_path / "photos" / "a.png").unlink()
+    assert main(["deblur", str(tmp_path / "photos"), "-o", str(tmp_path / "out2")]) == 2
+    assert "no images to read: found only 1 file(s) in formats not read here" in capsys.readouterr().err

@@ -9,6 +9,10 @@ from pathlib import Path
 from . import prepare_output_dir
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# Photo formats a folder may hold that are not read here (phones' HEIC, cameras' raw files, animations): a folder
+# scan names them instead of leaving them out in silence.
+UNREAD_PHOTO_EXTENSIONS = {".heic", ".heif", ".avif", ".jxl", ".gif", ".jp2", ".psd", ".dng", ".cr2", ".cr3", ".nef",
+                           ".arw", ".raf", ".orf", ".rw2"}
 
 
 def parse_timestep(value: str):
@@ -108,6 +112,21 @@ def collect_inputs(inputs: list[str], output_dir: Path | None = None) -> list[tu
     return found
 
 
+def unread_photos(inputs: list[str]) -> list[Path]:
+    """Files in the input folders whose extension says photo but that a folder scan does not read
+    (:data:`UNREAD_PHOTO_EXTENSIONS`), sorted. A file named on the command line is tried whatever its name."""
+    return sorted(file for item in inputs if Path(item).is_dir() for file in Path(item).rglob("*")
+                  if file.suffix.lower() in UNREAD_PHOTO_EXTENSIONS and file.is_file())
+
+
+def unread_photos_note(unread: list[Path]) -> str:
+    """One line naming the photos a folder scan left out, and what to do."""
+    kinds = sorted({file.suffix.lower() for file in unread})
+    names = ", ".join(str(file) for file in unread[:3]) + (" ..." if len(unread) > 3 else "")
+    return (f"left out {len(unread)} file(s) in formats not read here ({', '.join(kinds)}): {names}; convert them to "
+            f"JPEG, PNG or TIFF to deblur them (read: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
 def output_path_for(relative: Path, output_dir: Path, input_files: set[Path]) -> Path:
     target = output_dir / relative
     if target.resolve() in input_files:  # never overwrite an input, e.g. when -o is the input file's folder
@@ -169,7 +188,10 @@ def plan_work(args) -> tuple[Path, list[tuple[Path, Path]], list[tuple[Path, Pat
         raise ValueError(f"-o {output_dir} is a file; it must be a folder (created if missing)")
     files = collect_inputs(args.inputs, output_dir)
     if not files:
-        raise ValueError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        unread = unread_photos(args.inputs)
+        raise ValueError(unread_photos_note(unread).replace("left out", "no images to read: found only", 1) if unread
+                         else f"no images found in {', '.join(args.inputs)} "
+                              f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     planned = plan_outputs(files, output_dir)
     todo = [(f, t) for f, t in planned if not (args.skip_existing and is_finished_output(t))]
     return output_dir, planned, todo
@@ -257,6 +279,9 @@ def run(args) -> int:
     if state is not None:
         state.wait_for_everyone()  # every process has listed the finished outputs before any of them writes one
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    unread = unread_photos(args.inputs)
+    if unread and is_main:
+        print(f"note: {unread_photos_note(unread)}", file=sys.stderr)
     kept = len(planned) - len(todo)
     if kept and is_main:
         print(f"kept {kept} finished output(s) in {output_dir} (--no-skip-existing redoes them)")
