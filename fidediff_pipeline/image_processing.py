@@ -150,17 +150,20 @@ def _read_16bit_colour(path: str, fallback_rgb: np.ndarray) -> np.ndarray:
 
 
 def read_icc_profile(path: str | os.PathLike) -> bytes | None:
-    """The ICC colour profile embedded in an image file, or None (none, or unreadable: :func:`read_image` says why).
+    """The RGB ICC colour profile embedded in an image file, or None (none, not an RGB profile, or unreadable:
+    :func:`read_image` says why).
 
-    The model restores a file's own values, whatever colour space they are in (Display P3 from phones, Adobe RGB
-    or ProPhoto from raw converters); the output carries the input's profile so that viewers show it in the same
-    colours, where without it they would take the values for sRGB.
+    The model restores a file's own values, whatever RGB space they are in (Display P3 from phones, Adobe RGB or
+    ProPhoto from raw converters); the output carries the input's profile so that viewers show it in the same
+    colours, where without it they would take the values for sRGB. A grey or CMYK file's profile does not describe
+    the RGB output (PNG allows only an RGB profile on RGB data), so it is not carried.
     """
     try:
         with PIL.Image.open(os.fspath(path)) as image:
-            return image.info.get("icc_profile") or None
+            profile = image.info.get("icc_profile") or None
     except Exception:  # noqa: BLE001 - reading the pixels reports the problem
         return None
+    return profile if profile and profile[16:20] == b"RGB " else None  # the header's data colour space
 
 
 def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -359,7 +359,7 @@ def test_out_of_range_t_is_refused_with_its_range(client, tmp_path, t):
 def test_16bit_png_round_trip_keeps_16_bits_and_the_colour_profile(client, tmp_path):
     from PIL import ImageCms
 
-    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # not sRGB
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # an RGB profile, carried over
     source = _png16(tmp_path / "deep.png", icc_profile=profile)
     (before, after), _, text, download = _predict(client, tmp_path / "deep.png", upscale_factor=1)
     assert "16-bit PNG" in text

@@ -79,19 +79,24 @@ def test_outputs_keep_the_inputs_colour_profile(tmp_path, tiny_pipeline_folder):
 
     from fidediff_pipeline.atomic_io import save_image_atomic
 
-    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any profile that is not sRGB
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # an RGB profile, as P3's
+    assert profile[16:20] == b"RGB "  # (the header's data colour space)
     picture = (np.random.default_rng(2).random((24, 32, 3)) * 255).astype(np.uint8)
     PIL.Image.fromarray(picture).save(tmp_path / "wide.jpg", icc_profile=profile)
     save_image_atomic(picture / 255.0 * 0.9 + 0.05, tmp_path / "deep.png", icc_profile=profile)
     PIL.Image.fromarray(picture).save(tmp_path / "plain.png")
-    assert _deblur([tmp_path / "wide.jpg", tmp_path / "deep.png", tmp_path / "plain.png"], tmp_path / "out",
-                   tiny_pipeline_folder) == 0
+    # a CMYK photo's profile describes CMYK values, not the RGB output: not carried (PNG allows RGB ones only)
+    cmyk_profile = profile[:16] + b"CMYK" + profile[20:]
+    PIL.Image.fromarray(picture).convert("CMYK").save(tmp_path / "print.jpg", icc_profile=cmyk_profile)
+    assert _deblur([tmp_path / "wide.jpg", tmp_path / "deep.png", tmp_path / "plain.png", tmp_path / "print.jpg"],
+                   tmp_path / "out", tiny_pipeline_folder) == 0
     for name in ("wide", "deep"):
         with PIL.Image.open(tmp_path / "out" / f"{name}.png") as output:
             assert output.info.get("icc_profile") == profile, name
             assert output.size == (32, 24)
-    with PIL.Image.open(tmp_path / "out" / "plain.png") as output:
-        assert "icc_profile" not in output.info
+    for name in ("plain", "print"):
+        with PIL.Image.open(tmp_path / "out" / f"{name}.png") as output:
+            assert "icc_profile" not in output.info, name
 
 
 # ---------------------------------------------------------------------------------------- nothing is lost (issue 13)
