@@ -60,6 +60,13 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     return _read(path, max_pixels, as_pil=False)
 
 
+# Photo formats Pillow does not read without plug-ins, named in the error (iPhones save HEIC by default).
+_UNREAD_KINDS = {".heic": "HEIC", ".heif": "HEIF", ".jxl": "JPEG XL", ".dng": "camera raw (DNG)",
+                 ".cr2": "camera raw (CR2)", ".cr3": "camera raw (CR3)", ".nef": "camera raw (NEF)",
+                 ".arw": "camera raw (ARW)", ".raf": "camera raw (RAF)", ".orf": "camera raw (ORF)",
+                 ".rw2": "camera raw (RW2)"}
+
+
 # EXIF orientation (tag 0x0112) -> the operation on an HxWxC array that shows the picture the way it was taken.
 _ORIENT_ARRAY = {
     2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
@@ -111,6 +118,10 @@ def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
     except PIL.Image.DecompressionBombError as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except PIL.UnidentifiedImageError:
+        kind = _UNREAD_KINDS.get(os.path.splitext(path)[1].lower())
+        if kind:  # a photo in a format Pillow does not read without plug-ins: say which and what to do
+            raise ValueError(f"{path}: {kind} files cannot be read here (accepted: PNG, JPEG, WebP, BMP, TIFF); "
+                             "export or convert it to JPEG or PNG") from None
         raise ValueError(f"{path}: not an image file that can be read (accepted: PNG, JPEG, WebP, BMP, TIFF)") from None
     except PermissionError as err:
         raise ValueError(f"{path}: permission denied ({err.strerror})") from None

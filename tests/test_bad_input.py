@@ -194,3 +194,24 @@ def test_deep_pil_images_are_taken_as_their_files_are(tmp_path):
         prepare_images(PIL.Image.fromarray(np.zeros((12, 16), np.int32)))
     with pytest.raises(ValueError, match=r"finite values in \[0, 1\]"):
         prepare_images(PIL.Image.fromarray(np.full((12, 16), 3.0, np.float32)))
+
+
+def test_a_heic_photo_is_named_with_what_to_do(tmp_path):
+    from fidediff_pipeline.image_processing import read_image
+
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"ftypheic, not readable without a plug-in")
+    with pytest.raises(ValueError, match=r"IMG_0001\.HEIC: HEIC files cannot be read here .*convert it to JPEG or PNG"):
+        read_image(tmp_path / "IMG_0001.HEIC")
+
+
+def test_importing_the_package_does_not_import_torch_until_a_model_is_used():
+    """`fidediff --help` and every command start without torch and diffusers (4 s on this CPU): the package's
+    public names are imported on first use."""
+    import subprocess
+    import sys
+
+    check = ("import sys, fidediff_pipeline as f; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules; "
+             "f.FideDiffPipeline; assert 'diffusers' in sys.modules; print(f.DEFAULT_TIMESTEP, 'FideDiffPipeline' in dir(f))")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["200", "True"]

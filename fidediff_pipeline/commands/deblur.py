@@ -6,13 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import PIL.features
+
 from . import prepare_output_dir
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# AVIF where this Pillow reads it (from 11.2, with its wheels' libavif); else it is named in the scan's note.
+_AVIF = {".avif"} if PIL.features.check("avif") else set()
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"} | _AVIF
 # Photo formats a folder may hold that are not read here (phones' HEIC, cameras' raw files, animations): a folder
 # scan names them instead of leaving them out in silence.
-UNREAD_PHOTO_EXTENSIONS = {".heic", ".heif", ".avif", ".jxl", ".gif", ".jp2", ".psd", ".dng", ".cr2", ".cr3", ".nef",
-                           ".arw", ".raf", ".orf", ".rw2"}
+UNREAD_PHOTO_EXTENSIONS = {".heic", ".heif", ".jxl", ".gif", ".jp2", ".psd", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                           ".raf", ".orf", ".rw2", ".avif"} - _AVIF
 
 
 def parse_timestep(value: str):
