@@ -37,7 +37,8 @@ import torch
 from fidediff_pipeline import DEFAULT_MODEL
 from fidediff_pipeline.atomic_io import save_image_atomic
 from fidediff_pipeline.hub.loading import default_model, load_pipeline
-from fidediff_pipeline.image_processing import exif_orientation, read_icc_profile, read_image
+from fidediff_pipeline.image_processing import (exif_orientation, read_alpha, read_icc_profile, read_image,
+                                                 with_alpha)
 from fidediff_pipeline.kernel_visualization import draw_kernel_grid, grid_shape, kernel_lengths, sample_kernels
 
 logger = logging.getLogger("fidediff.app")
@@ -540,7 +541,7 @@ DOWNLOAD_MAX_AGE_S = 3600
 
 def save_for_download(image, source_path: str) -> str:
     """Write the full-resolution result as a lossless PNG named after the upload (16-bit for a float result, as
-    for 16-bit uploads; with the upload's colour profile); drop files older than an hour."""
+    for 16-bit uploads; with the upload's transparency and colour profile); drop files older than an hour."""
     DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for old in DOWNLOAD_DIR.glob("*/*.png"):
@@ -551,7 +552,7 @@ def save_for_download(image, source_path: str) -> str:
     folder.mkdir()
     path = folder / f"{Path(source_path).stem}_fidediff.png"
     # PIL image -> PNG; float array (a 16-bit upload's result) -> 16-bit PNG; in the upload's colour profile
-    save_image_atomic(image, path, icc_profile=read_icc_profile(source_path))
+    save_image_atomic(with_alpha(image, read_alpha(source_path)), path, icc_profile=read_icc_profile(source_path))
     return str(path)
 
 

@@ -71,9 +71,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def save_image_atomic(image, path: str | os.PathLike, icc_profile: bytes | None = None) -> Path:
-    """Save an image as PNG through a temporary name: a PIL image as it is, an ``HxWx3`` float array in ``[0, 1]``
-    (a result restored from a 16-bit file) as a 16-bit RGB PNG; with ``icc_profile`` (the input's colour profile,
-    :func:`~fidediff_pipeline.image_processing.read_icc_profile`) embedded."""
+    """Save an image as PNG through a temporary name: a PIL image as it is, an ``HxWx3`` (or ``HxWx4``, with alpha)
+    float array in ``[0, 1]`` (a result restored from a 16-bit file) as a 16-bit RGB(A) PNG; with ``icc_profile``
+    (the input's colour profile, :func:`~fidediff_pipeline.image_processing.read_icc_profile`) embedded."""
     with atomic_path(path) as tmp:
         if hasattr(image, "save"):
             extra = {"icc_profile": icc_profile} if icc_profile else {}
@@ -84,25 +84,27 @@ def save_image_atomic(image, path: str | os.PathLike, icc_profile: bytes | None 
 
 
 def encode_png16(rgb, icc_profile: bytes | None = None) -> bytes:
-    """An ``HxWx3`` float array in ``[0, 1]`` as the bytes of a 16-bit RGB PNG (Pillow cannot write 16-bit colour),
-    with ``icc_profile`` in an iCCP chunk when given."""
+    """An ``HxWx3`` (RGB) or ``HxWx4`` (RGBA) float array in ``[0, 1]`` as the bytes of a 16-bit PNG (Pillow cannot
+    write 16-bit colour), with ``icc_profile`` in an iCCP chunk when given."""
     import struct
     import zlib
 
     import numpy as np
 
     rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or not np.issubdtype(rgb.dtype, np.floating):
-        raise ValueError(f"a 16-bit PNG is written from an HxWx3 float array in [0, 1], not {rgb.dtype} {rgb.shape}")
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or not np.issubdtype(rgb.dtype, np.floating):
+        raise ValueError(f"a 16-bit PNG is written from an HxWx3 or HxWx4 float array in [0, 1], not {rgb.dtype} "
+                         f"{rgb.shape}")
     data = np.rint(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(">u2")
-    height, width = data.shape[:2]
-    rows = np.zeros((height, 1 + width * 6), dtype=np.uint8)  # filter byte 0 ("none") + 6 bytes a pixel
+    height, width, channels = data.shape
+    rows = np.zeros((height, 1 + width * 2 * channels), dtype=np.uint8)  # filter byte 0 ("none") + the pixels
     rows[:, 1:] = data.reshape(height, -1).view(np.uint8)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    colour_type = 2 if channels == 3 else 6  # RGB or RGBA
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     # iCCP: a profile name, a NUL, compression method 0 (zlib), the compressed profile; before the image data
     profile = chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)) if icc_profile else b""
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + profile

@@ -198,11 +198,43 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     return PIL.Image.fromarray(image)
 
 
+def _has_alpha(image: PIL.Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def read_alpha(path: str | os.PathLike) -> np.ndarray | None:
+    """The transparency of an image file as ``uint8`` ``[H, W]``, turned as :func:`read_image` turns its colours
+    (EXIF), or None when it has none (or cannot be read: :func:`read_image` says why). Outputs carry it over:
+    a logo on a transparent background stays on one."""
+    try:
+        with PIL.Image.open(os.fspath(path)) as image:
+            if not _has_alpha(image):
+                return None
+            orientation = exif_orientation(image)
+            alpha = np.array(image.convert("RGBA"), dtype=np.uint8)[..., 3]
+    except Exception:  # noqa: BLE001 - reading the pixels reports the problem
+        return None
+    return _upright(alpha[..., None], orientation)[..., 0]
+
+
+def with_alpha(image, alpha: np.ndarray | None):
+    """``image`` (an RGB PIL image, or an ``HxWx3`` float array in ``[0, 1]``) with ``alpha`` (:func:`read_alpha`)
+    as its fourth channel; ``image`` itself when ``alpha`` is None."""
+    if alpha is None:
+        return image
+    if isinstance(image, PIL.Image.Image):
+        rgba = image.convert("RGBA")
+        rgba.putalpha(PIL.Image.fromarray(alpha))
+        return rgba
+    return np.concatenate([np.asarray(image, dtype=np.float32), alpha[..., None].astype(np.float32) / 255.0], axis=-1)
+
+
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Gray, palette and RGBA images become RGB (alpha is dropped: motion blur lives in the colour channels)."""
+    """Gray, palette and RGBA images become RGB (the model restores the colour channels; :func:`read_alpha` and
+    :func:`with_alpha` carry a file's transparency over to its output)."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if _has_alpha(image):
         return image.convert("RGBA").convert("RGB")
     return image.convert("RGB")
 

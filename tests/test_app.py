@@ -373,6 +373,16 @@ def test_16bit_png_round_trip_keeps_16_bits_and_the_colour_profile(client, tmp_p
     assert len(np.unique(restored)) > 256 or np.any(restored % 257)  # not an 8-bit result stretched to 16
 
 
+def test_the_download_keeps_the_uploads_transparency(client, tmp_path):
+    rgb = (np.random.default_rng(4).random((16, 24, 3)) * 255).astype(np.uint8)
+    alpha = np.tile(np.linspace(0, 255, 24).astype(np.uint8), (16, 1))
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "logo.png")
+    *_, download = _predict(client, tmp_path / "logo.png", upscale_factor=1)
+    with Image.open(download) as result:
+        assert result.mode == "RGBA" and result.size == (24, 16)
+        np.testing.assert_array_equal(np.asarray(result)[..., 3], alpha)
+
+
 def test_16_bit_png_writer_reads_back_exactly(tmp_path):
     cv2 = pytest.importorskip("cv2")
     source = _png16(tmp_path / "x.png", size=(13, 9))

@@ -255,3 +255,26 @@ def test_photos_in_formats_not_read_are_named_not_left_out_in_silence(tmp_path, 
     (tmp_path / "photos" / "a.png").unlink()
     assert main(["deblur", str(tmp_path / "photos"), "-o", str(tmp_path / "out2")]) == 2
     assert "no images to read: found only 1 file(s) in formats not read here" in capsys.readouterr().err
+
+
+def test_outputs_keep_the_inputs_transparency_turned_with_it(tmp_path, tiny_pipeline_folder):
+    """A logo on a transparent background stays on one: the alpha channel is carried over unchanged (8-bit and
+    16-bit outputs), turned by the EXIF orientation as the colours are."""
+    from fidediff_pipeline.atomic_io import save_image_atomic
+
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((24, 40, 3)) * 255).astype(np.uint8)
+    alpha = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (24, 1))  # see-through on the left
+    PIL.Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "logo.png")
+    phone = PIL.Image.fromarray(np.dstack([rgb, alpha]))
+    exif = phone.getexif()
+    exif[0x0112] = 6
+    phone.save(tmp_path / "turned.png", exif=exif.tobytes())
+    save_image_atomic(np.dstack([rgb, alpha]).astype(np.float32) / 255.0, tmp_path / "deep.png")
+    assert _deblur([tmp_path / "logo.png", tmp_path / "turned.png", tmp_path / "deep.png"], tmp_path / "out",
+                   tiny_pipeline_folder) == 0
+    for name, expected in (("logo", alpha), ("turned", np.rot90(alpha, -1)), ("deep", alpha)):
+        with PIL.Image.open(tmp_path / "out" / f"{name}.png") as output:
+            assert output.mode == "RGBA", name
+            np.testing.assert_array_equal(np.asarray(output)[..., 3], expected, err_msg=name)
+    assert (tmp_path / "out" / "deep.png").read_bytes()[24:26] == bytes([16, 6])  # 16-bit RGBA

@@ -63,8 +63,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto"
 def register(subparsers) -> None:
     parser = subparsers.add_parser("deblur", help="deblur image files and folders",
                                    description="Deblur image files and folders (recursively); outputs are PNG (16-bit for "
-                                               "16-bit inputs) with the input's colour profile, turned as its EXIF "
-                                               "says (phone photos). "
+                                               "16-bit inputs) with the input's transparency and colour profile, "
+                                               "turned as its EXIF says (phone photos). "
                                                "Under `accelerate launch` with several processes (GPUs), the files are "
                                                "split across them and the main process prints one combined report.")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
@@ -213,7 +213,7 @@ def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, liv
     from tqdm import tqdm
 
     from ..atomic_io import save_image_atomic
-    from ..image_processing import read_icc_profile, read_image
+    from ..image_processing import read_alpha, read_icc_profile, read_image, with_alpha
 
     results = []
     for file, target in tqdm(todo, desc="deblurring", unit="img", disable=len(todo) < 2 or not progress):
@@ -229,7 +229,8 @@ def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, liv
                 print(report_line(results[-1]), file=sys.stderr)
             continue
         # Temporary name + rename: a kill leaves no partial PNG under the final name for a rerun to keep.
-        save_image_atomic(result.images[0], target, icc_profile=read_icc_profile(file))  # same colours as the input
+        # the input's transparency and colour profile, so the output shows as the input did
+        save_image_atomic(with_alpha(result.images[0], read_alpha(file)), target, icc_profile=read_icc_profile(file))
         results.append({"input": str(file), "output": str(target), "timestep": result.timesteps[0],
                         "source": result.timestep_sources[0]})
         if live:
