@@ -278,3 +278,20 @@ def test_outputs_keep_the_inputs_transparency_turned_with_it(tmp_path, tiny_pipe
             assert output.mode == "RGBA", name
             np.testing.assert_array_equal(np.asarray(output)[..., 3], expected, err_msg=name)
     assert (tmp_path / "out" / "deep.png").read_bytes()[24:26] == bytes([16, 6])  # 16-bit RGBA
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
+    ("mps", "no Apple GPU (MPS) is available here"),
+    ("cuda:7", "CUDA GPU"),
+])
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, device, message):
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has eight GPUs")
+    code = main(["deblur", str(_png(tmp_path / "a.png")), "-o", str(tmp_path / "out"), "--device", device])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and "RuntimeError" not in err

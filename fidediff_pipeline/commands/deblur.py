@@ -51,7 +51,8 @@ TIMESTEP_HELP = "'auto' (predicted blur level) or an int in [0, 999]; t = (frame
 def add_model_arguments(parser: argparse.ArgumentParser, timestep_default="auto", timestep_help: str = TIMESTEP_HELP) -> None:
     """Flags shared by every command that runs the pipeline."""
     parser.add_argument("--model", default=None, help="folder or Hub id (default: $FIDEDIFF_MODEL, else the bundled tiny model)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
     parser.add_argument("--timestep", type=parse_timestep, default=timestep_default, help=timestep_help)
     parser.add_argument("--upscale-factor", type=int, default=None, choices=[1, 2],

@@ -24,9 +24,18 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but no CUDA GPU is available here; use --device cpu")
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    # Checked here, not by torch at the first tensor moved there (a traceback from deep inside torch).
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if resolved.type not in available:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if not available[resolved.type]:
+        what = "no CUDA GPU" if resolved.type == "cuda" else "no Apple GPU (MPS)"
+        raise ValueError(f"device {device!r} was asked for, but {what} is available here; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {device!r} was asked for, but this machine has {count} CUDA GPU(s): "
+                         f"cuda:0 to cuda:{count - 1}")
     return resolved
 
 
