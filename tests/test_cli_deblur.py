@@ -295,3 +295,9 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, device, messa
     code = main(["deblur", str(_png(tmp_path / "a.png")), "-o", str(tmp_path / "out"), "--device", device])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and "RuntimeError" not in err
+
+
+def test_a_data_build_that_fails_on_its_inputs_leaves_no_empty_output_folder(tmp_path, capsys):
+    code = main(["data", "gopro", "--frames-root", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert code == 2 and "frames root does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -41,7 +41,7 @@ def _add_common(parser: argparse.ArgumentParser, default_frames) -> None:
 
 
 def run_gopro(args: argparse.Namespace) -> int:
-    prepare_output_dir(args.out, "--out")
+    prepare_output_dir(args.out, "--out", create=False)
     from fidediff_pipeline.data.gopro import build_gopro_trajectory_set
 
     report = build_gopro_trajectory_set(
@@ -61,7 +61,7 @@ def run_gopro(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    prepare_output_dir(args.out, "--out")
+    prepare_output_dir(args.out, "--out", create=False)
     from fidediff_pipeline.data.trajectories import TrajectoryConfig, synthesize_trajectory_set
 
     config = TrajectoryConfig.preset(args.shake, speed_range=tuple(args.speed_range),
