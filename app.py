@@ -551,7 +551,7 @@ def save_for_download(image, source_path: str) -> str:
     folder = DOWNLOAD_DIR / uuid.uuid4().hex  # one folder per result keeps the visitor's file name
     folder.mkdir()
     path = folder / f"{Path(source_path).stem}_fidediff.png"
-    # PIL image -> PNG; float array (a 16-bit upload's result) -> 16-bit PNG; in the upload's colour profile
+    # PIL image -> PNG, float array (a 16-bit upload's result) -> 16-bit PNG; with the upload's alpha and colour profile
     save_image_atomic(with_alpha(image, read_alpha(source_path)), path, icc_profile=read_icc_profile(source_path))
     return str(path)
 
