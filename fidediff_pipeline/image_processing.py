@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import PIL.Image
@@ -57,7 +57,21 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         >>> image.dtype, image.shape, float(image.max())
         (dtype('float32'), (8, 8, 3), 1.0)
     """
-    return _read(path, max_pixels, as_pil=False)
+    return _read(path, max_pixels).pixels
+
+
+class ImageFile(NamedTuple):
+    """What :func:`read_image_file` reads: :func:`read_image`'s pixels, and what an output needs to show as its
+    input did (:func:`read_alpha`, :func:`read_icc_profile`)."""
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    icc_profile: bytes | None
+
+
+def read_image_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageFile:
+    """:func:`read_image` with the file's transparency and RGB colour profile, from one opening of the file."""
+    return _read(path, max_pixels, extras=True)
 
 
 # Photo formats Pillow does not read without plug-ins, named in the error (iPhones save HEIC by default).
@@ -90,8 +104,8 @@ def _upright(data: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(_ORIENT_ARRAY[orientation](data))  # a writable copy (torch.from_numpy downstream)
 
 
-def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
-    """:func:`read_image`; with ``as_pil`` an 8-bit file comes back as an RGB PIL image."""
+def _read(path: str | os.PathLike, max_pixels: int | None, extras: bool = False) -> ImageFile:
+    """:func:`read_image`; with ``extras`` also the file's transparency and RGB colour profile (else None)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -107,14 +121,15 @@ def _read(path: str | os.PathLike, max_pixels: int | None, as_pil: bool):
             # Phone cameras store the sensor's pixels and say in EXIF how to turn them: every viewer turns them,
             # and so does this reader (diffusers' `load_image` too), so an output is shown as its input was.
             orientation = exif_orientation(image)
+            profile = _rgb_profile(image) if extras else None
             if image.mode in _DEEP_GREY_MODES:
-                return _upright(_deep_grey(image, path), orientation)
+                return ImageFile(_upright(_deep_grey(image, path), orientation), None, profile)
             image.load()
             rgb = np.array(to_rgb(image), dtype=np.uint8)  # a writable copy (torch.from_numpy downstream)
+            alpha = _alpha_channel(image, orientation) if extras else None
         if deep:  # Pillow reduced a 16-bit colour PNG to 8 bits: read all 16 where OpenCV is installed
-            return _upright(_read_16bit_colour(path, rgb), orientation)
-        rgb = _upright(rgb, orientation)
-        return PIL.Image.fromarray(rgb) if as_pil else rgb
+            return ImageFile(_upright(_read_16bit_colour(path, rgb), orientation), alpha, profile)
+        return ImageFile(_upright(rgb, orientation), alpha, profile)
     except PIL.Image.DecompressionBombError as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except PIL.UnidentifiedImageError:
@@ -171,9 +186,13 @@ def read_icc_profile(path: str | os.PathLike) -> bytes | None:
     """
     try:
         with PIL.Image.open(os.fspath(path)) as image:
-            profile = image.info.get("icc_profile") or None
+            return _rgb_profile(image)
     except Exception:  # noqa: BLE001 - reading the pixels reports the problem
         return None
+
+
+def _rgb_profile(image: PIL.Image.Image) -> bytes | None:
+    profile = image.info.get("icc_profile") or None
     return profile if profile and profile[16:20] == b"RGB " else None  # the header's data colour space
 
 
@@ -190,12 +209,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 
     16-bit files are rounded to 8 bits; use :func:`read_image` for all 16. The EXIF orientation is applied.
     """
-    image = _read(path, max_pixels, as_pil=True)
-    if isinstance(image, PIL.Image.Image):
-        return image
-    if image.dtype != np.uint8:
-        image = np.rint(image * 255.0).astype(np.uint8)
-    return PIL.Image.fromarray(image)
+    return PIL.Image.fromarray(read_image_uint8(path, max_pixels))
 
 
 def _has_alpha(image: PIL.Image.Image) -> bool:
@@ -208,18 +222,21 @@ def read_alpha(path: str | os.PathLike) -> np.ndarray | None:
     a logo on a transparent background stays on one."""
     try:
         with PIL.Image.open(os.fspath(path)) as image:
-            if not _has_alpha(image):
-                return None
-            orientation = exif_orientation(image)
-            alpha = np.array(image.convert("RGBA"), dtype=np.uint8)[..., 3]
+            return _alpha_channel(image, exif_orientation(image))
     except Exception:  # noqa: BLE001 - reading the pixels reports the problem
         return None
-    return _upright(alpha[..., None], orientation)[..., 0]
+
+
+def _alpha_channel(image: PIL.Image.Image, orientation: int) -> np.ndarray | None:
+    if not _has_alpha(image):
+        return None
+    alpha = np.array(image.convert("RGBA"), dtype=np.uint8)[..., 3:]
+    return _upright(alpha, orientation)[..., 0]
 
 
 def with_alpha(image, alpha: np.ndarray | None):
-    """``image`` (an RGB PIL image, or an ``HxWx3`` float array in ``[0, 1]``) with ``alpha`` (:func:`read_alpha`)
-    as its fourth channel; ``image`` itself when ``alpha`` is None."""
+    """``image`` (an RGB PIL image, or an ``HxWx3`` float array in ``[0, 1]``) with ``alpha`` (:func:`read_alpha`,
+    :func:`read_image_file`) as its fourth channel; ``image`` itself when ``alpha`` is None."""
     if alpha is None:
         return image
     if isinstance(image, PIL.Image.Image):

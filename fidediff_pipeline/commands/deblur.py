@@ -85,14 +85,17 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def collect_inputs(inputs: list[str], output_dir: Path | None = None) -> list[tuple[Path, Path]]:
-    """``(file, path relative to the output folder)`` for every image under the inputs, in a stable order.
+def collect_inputs(inputs: list[str], output_dir: Path | None = None) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """``(file, path relative to the output folder)`` for every image under the inputs, in a stable order, and the
+    files of the input folders in photo formats a folder scan does not read (:data:`UNREAD_PHOTO_EXTENSIONS`;
+    a file named on the command line is tried whatever its name), from one walk of each folder.
 
     Files under ``output_dir`` are left out when it lies inside an input folder: the outputs of an earlier
     run are never deblurred again. Leftover temporary files of an interrupted run never match (no image suffix).
     """
     out = output_dir.resolve() if output_dir is not None else None
     found: list[tuple[Path, Path]] = []
+    unread: list[Path] = []
     seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
@@ -102,9 +105,12 @@ def collect_inputs(inputs: list[str], output_dir: Path | None = None) -> list[tu
                     f"-o {output_dir} is the input folder {item}: outputs would be mixed with the inputs "
                     f"and read again by the next run; use another folder, e.g. {Path(item) / 'deblurred'} "
                     "(an output folder inside the inputs is left out of them)")
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-                if out is not None and _is_within(file.resolve(), out):
-                    continue  # an earlier run's output
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                suffix = file.suffix.lower()
+                if suffix in UNREAD_PHOTO_EXTENSIONS:
+                    unread.append(file)
+                if suffix not in IMAGE_EXTENSIONS or (out is not None and _is_within(file.resolve(), out)):
+                    continue  # not an image read here, or an earlier run's output
                 if file.resolve() not in seen:
                     seen.add(file.resolve())
                     found.append((file, file.relative_to(path).with_suffix(".png")))
@@ -114,21 +120,14 @@ def collect_inputs(inputs: list[str], output_dir: Path | None = None) -> list[tu
                 found.append((path, Path(path.name).with_suffix(".png")))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
-    return found
+    return found, unread
 
 
-def unread_photos(inputs: list[str]) -> list[Path]:
-    """Files in the input folders whose extension says photo but that a folder scan does not read
-    (:data:`UNREAD_PHOTO_EXTENSIONS`), sorted. A file named on the command line is tried whatever its name."""
-    return sorted(file for item in inputs if Path(item).is_dir() for file in Path(item).rglob("*")
-                  if file.suffix.lower() in UNREAD_PHOTO_EXTENSIONS and file.is_file())
-
-
-def unread_photos_note(unread: list[Path]) -> str:
-    """One line naming the photos a folder scan left out, and what to do."""
+def unread_photos_note(unread: list[Path], lead: str = "left out") -> str:
+    """One line naming the photos a folder scan left out (``lead``: what comes before their count), and what to do."""
     kinds = sorted({file.suffix.lower() for file in unread})
     names = ", ".join(str(file) for file in unread[:3]) + (" ..." if len(unread) > 3 else "")
-    return (f"left out {len(unread)} file(s) in formats not read here ({', '.join(kinds)}): {names}; convert them to "
+    return (f"{lead} {len(unread)} file(s) in formats not read here ({', '.join(kinds)}): {names}; convert them to "
             f"JPEG, PNG or TIFF to deblur them (read: {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
@@ -182,24 +181,23 @@ def is_finished_output(path: Path) -> bool:
         return False
 
 
-def plan_work(args) -> tuple[Path, list[tuple[Path, Path]], list[tuple[Path, Path]]]:
-    """``(output folder, every (input, output) pair, the pairs still to do)``, decided before any work.
+def plan_work(args) -> tuple[Path, list[tuple[Path, Path]], list[tuple[Path, Path]], list[Path]]:
+    """``(output folder, every (input, output) pair, the pairs still to do, the photos left out)``, decided before
+    any work.
 
     Every process of a distributed run computes the same lists: the inputs are sorted and the outputs planned
     the same way, and it runs before any process writes an output.
     """
     output_dir = Path(args.output)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"-o {output_dir} is a file; it must be a folder (created if missing)")
-    files = collect_inputs(args.inputs, output_dir)
+    prepare_output_dir(output_dir, "-o", create=False)
+    files, unread = collect_inputs(args.inputs, output_dir)
     if not files:
-        unread = unread_photos(args.inputs)
-        raise ValueError(unread_photos_note(unread).replace("left out", "no images to read: found only", 1) if unread
+        raise ValueError(unread_photos_note(unread, lead="no images to read: found only") if unread
                          else f"no images found in {', '.join(args.inputs)} "
                               f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     planned = plan_outputs(files, output_dir)
     todo = [(f, t) for f, t in planned if not (args.skip_existing and is_finished_output(t))]
-    return output_dir, planned, todo
+    return output_dir, planned, todo, unread
 
 
 def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, live: bool = True,
@@ -214,16 +212,16 @@ def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, liv
     from tqdm import tqdm
 
     from ..atomic_io import save_image_atomic
-    from ..image_processing import read_alpha, read_icc_profile, read_image, with_alpha
+    from ..image_processing import read_image_file, with_alpha
 
     results = []
     for file, target in tqdm(todo, desc="deblurring", unit="img", disable=len(todo) < 2 or not progress):
         try:
-            image = read_image(file, max_pixels=max_pixels)  # uint8, or float32 for a 16-bit file (all 16 bits)
-            deep = image.dtype != np.uint8
+            source = read_image_file(file, max_pixels=max_pixels)  # uint8, or float32 for a 16-bit file (all 16 bits)
+            deep = source.pixels.dtype != np.uint8
             # a 16-bit file's result stays in float and is written as a 16-bit PNG, not rounded to 8 bits
-            result = pipe(image, timestep=args.timestep, upscale_factor=args.upscale_factor, tile_size=args.tile_size,
-                          max_pixels=max_pixels, output_type="np" if deep else "pil")
+            result = pipe(source.pixels, timestep=args.timestep, upscale_factor=args.upscale_factor,
+                          tile_size=args.tile_size, max_pixels=max_pixels, output_type="np" if deep else "pil")
         except ValueError as err:
             results.append({"input": str(file), "output": str(target), "error": str(err)})
             if live:
@@ -231,7 +229,7 @@ def deblur_files(pipe, todo: list[tuple[Path, Path]], args, max_pixels: int, liv
             continue
         # Temporary name + rename: a kill leaves no partial PNG under the final name for a rerun to keep.
         # the input's transparency and colour profile, so the output shows as the input did
-        save_image_atomic(with_alpha(result.images[0], read_alpha(file)), target, icc_profile=read_icc_profile(file))
+        save_image_atomic(with_alpha(result.images[0], source.alpha), target, icc_profile=source.icc_profile)
         results.append({"input": str(file), "output": str(target), "timestep": result.timesteps[0],
                         "source": result.timestep_sources[0]})
         if live:
@@ -281,11 +279,10 @@ def run(args) -> int:
     # None for a plain run; under `accelerate launch` with several processes, accelerate's PartialState.
     state = process_state()
     is_main = state is None or state.is_main_process
-    output_dir, planned, todo = plan_work(args)
+    output_dir, planned, todo, unread = plan_work(args)
     if state is not None:
         state.wait_for_everyone()  # every process has listed the finished outputs before any of them writes one
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    unread = unread_photos(args.inputs)
     if unread and is_main:
         print(f"note: {unread_photos_note(unread)}", file=sys.stderr)
     kept = len(planned) - len(todo)
