@@ -19,6 +19,7 @@ from pathlib import Path
 import fidediff_pipeline
 
 from ..atomic_io import temporary_name
+from . import prepare_output_dir
 
 PACKAGE_DIR = Path(fidediff_pipeline.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent
@@ -115,8 +116,7 @@ def export_space(out: str | Path, model: str | None = None, force: bool = False)
         hub_model = model
     else:
         raise ValueError(f"{model}: no such model folder, and not a Hub repo id ('owner/name')")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; --out must be a folder (created if missing)")
+    prepare_output_dir(out, "--out", create=False)  # (created below, through a staging folder)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} is not empty; choose a new folder or pass --force to write into it")
     resolved = out.resolve()
