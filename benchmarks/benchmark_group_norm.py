@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark_pipeline import parse_size, time_call  # noqa: E402
+from benchmark_pipeline import parse_device, parse_size, time_call  # noqa: E402
 
 from fidediff_pipeline.atomic_io import write_text_atomic  # noqa: E402
 from fidediff_pipeline.models.normalization import ReductionGroupNorm  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=parse_size, default="1280x720", help="the image, WIDTHxHEIGHT, before --upscale")
     parser.add_argument("--upscale", type=int, default=2, help="the pipeline's upscale factor (2 = d 4 on SD's VAE)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=parse_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--output", type=Path, required=True)
@@ -95,9 +95,7 @@ def main(argv=None) -> int:
     width, height = (v * args.upscale for v in args.size)
     if args.repeats < 1:
         parser.error(f"--repeats takes a positive number; got {args.repeats}")
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this machine has no CUDA device PyTorch can use (--device cpu rehearses)")
+    device, dtype = args.device, getattr(torch, args.dtype)
     generator = torch.Generator(device).manual_seed(0)  # inputs made where they are used (the largest: 472M values)
     rows = []
     for (model, shape, groups), count in sorted(group_norm_shapes(width, height).items(),

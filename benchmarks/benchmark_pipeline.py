@@ -102,6 +102,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def parse_device(text: str) -> torch.device:
+    """``--device``: a device torch knows; CUDA on a machine without it is refused in one line (torch would raise
+    from deep inside the first model moved there)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("this machine has no CUDA device PyTorch can use (--device cpu rehearses)")
+    return device
+
+
 def preset_or_model(text: str) -> str:
     """A preset name (random weights) or a saved pipeline folder (its own weights and sizes, e.g. the bundled
     tiny checkpoint, whose Kernel ControlNet kernel size differs from the preset's)."""
@@ -636,7 +648,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["sd21-base"], type=preset_or_model,
                         help="sd21-base / tiny (random weights) or a saved pipeline folder (its own weights)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=parse_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=None, help="default: bfloat16 float16 float32 on CUDA, float32 on CPU")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1280, 720), (512, 512)])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1],
@@ -698,7 +710,7 @@ def main(argv=None) -> int:
         args.tiling_compare_at = [tuple(s) for s in args.tiling_compare_at]
     if any(b < 1 for b in args.batch_sizes):
         parser.error("--batch-sizes must be positive")
-    device = torch.device(args.device)
+    device = args.device
     if args.channels_last is None:
         args.channels_last = ["on"] if device.type == "cpu" else ["off"]
     dtypes = args.dtypes or (["bfloat16", "float16", "float32"] if device.type == "cuda" else ["float32"])
